@@ -53,7 +53,10 @@
 // produced again, joined; sinks key impressions by id, so the later fact
 // replaces the earlier. A click is joined to the impression it names; a
 // click that names none is joined to the user's latest kept impression of
-// the same creative within the click window.
+// the same creative within the click window. Joins look only at what the
+// state keeps when the later event is applied (impressions for their view
+// window, bids for the longest view window), so they never depend on which
+// other events happened in between.
 //
 // # Dedupe and state bounds
 //

@@ -122,6 +122,7 @@ func (r *Rules) applyImpression(s *State, ev *Event, out *Facts) Outcome {
 	if s.hasTouch(TypeImpression, ev.ID) {
 		return Outcome{Duplicate: true}
 	}
+	s.advance(r, ev.Time) // joins see only what the state keeps at this time
 	window := r.Window(TypeImpression, ev.CampaignID)
 	t := Touch{
 		Type: TypeImpression, ID: ev.ID, Time: ev.Time,
@@ -149,6 +150,7 @@ func (r *Rules) applyClick(s *State, ev *Event, out *Facts) Outcome {
 	if s.hasTouch(TypeClick, ev.ID) {
 		return Outcome{Duplicate: true}
 	}
+	s.advance(r, ev.Time)
 	window := r.Window(TypeClick, ev.CampaignID)
 	fact := ClickFact{
 		ClickID: ev.ID, UserID: ev.UserID, Time: ev.Time,
@@ -293,11 +295,10 @@ func (s *State) path(ct int64) []PathTouch {
 	return nil
 }
 
-// addTouch advances the state's clock to the touch, keeps it unless it has
-// already expired, and enforces the touch cap. It returns how many touches
-// the cap evicted.
+// addTouch keeps a touch unless it has already expired, and enforces the
+// touch cap. The caller has advanced the state's clock to the touch. It
+// returns how many touches the cap evicted.
 func (s *State) addTouch(r *Rules, t Touch) int {
-	s.advance(r, t.Time)
 	if t.expiry < s.latest {
 		return 0 // a late touch already out of every window it could serve
 	}
