@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 )
 
 // The checkpoint format of a user's state.
@@ -53,58 +54,56 @@ func (s *State) MarshalBinary() ([]byte, error) { return s.AppendBinary(nil) }
 
 // AppendBinary appends the state's checkpoint encoding to b.
 func (s *State) AppendBinary(b []byte) ([]byte, error) {
-	var e encoder
-	e.strs = make(map[string]uint64)
-	e.wins = make(map[int64]uint64)
+	e := encoders.Get().(*encoder)
+	defer e.release()
 
-	b = append(b, stateVersion)
-	// The header is written first and the tables last, but both are
-	// filled while the record sections are encoded into a scratch buffer.
-	b = appendSection(b, secHeader, binary.AppendVarint(nil, s.latest))
-
-	var body []byte
+	// Records are encoded first, into e.body, because doing so fills the
+	// string and window tables, which a reader needs first.
 	if len(s.touches) > 0 {
-		p := binary.AppendUvarint(nil, uint64(len(s.touches)))
+		p := binary.AppendUvarint(e.tmp[:0], uint64(len(s.touches)))
 		prev := s.latest
 		for i := range s.touches {
 			p = e.touch(p, &s.touches[i], prev)
 			prev = s.touches[i].Time
 		}
-		body = appendSection(body, secTouches, p)
+		e.body, e.tmp = appendSection(e.body, secTouches, p), p
 	}
 	if len(s.bids) > 0 {
-		p := binary.AppendUvarint(nil, uint64(len(s.bids)))
+		p := binary.AppendUvarint(e.tmp[:0], uint64(len(s.bids)))
 		prev := s.latest
 		for i := range s.bids {
 			p = e.bid(p, &s.bids[i], prev)
 			prev = s.bids[i].Time
 		}
-		body = appendSection(body, secBids, p)
+		e.body, e.tmp = appendSection(e.body, secBids, p), p
 	}
 	if len(s.convs) > 0 {
-		p := binary.AppendUvarint(nil, uint64(len(s.convs)))
+		p := binary.AppendUvarint(e.tmp[:0], uint64(len(s.convs)))
 		prev := s.latest
 		for i := range s.convs {
 			p = e.conversion(p, &s.convs[i], prev)
 			prev = s.convs[i].Time
 		}
-		body = appendSection(body, secConversions, p)
+		e.body, e.tmp = appendSection(e.body, secConversions, p), p
 	}
+
+	b = append(b, stateVersion)
+	b = appendSection(b, secHeader, binary.AppendVarint(e.tmp[:0], s.latest))
 	if len(e.strList) > 0 {
-		p := binary.AppendUvarint(nil, uint64(len(e.strList)))
+		p := binary.AppendUvarint(e.tmp[:0], uint64(len(e.strList)))
 		for _, str := range e.strList {
 			p = appendString(p, str)
 		}
-		b = appendSection(b, secStrings, p)
+		b, e.tmp = appendSection(b, secStrings, p), p
 	}
 	if len(e.winList) > 0 {
-		p := binary.AppendUvarint(nil, uint64(len(e.winList)))
+		p := binary.AppendUvarint(e.tmp[:0], uint64(len(e.winList)))
 		for _, w := range e.winList {
 			p = binary.AppendUvarint(p, uint64(w))
 		}
-		b = appendSection(b, secWindows, p)
+		b, e.tmp = appendSection(b, secWindows, p), p
 	}
-	return append(b, body...), nil
+	return append(b, e.body...), nil
 }
 
 func appendSection(b []byte, tag uint64, payload []byte) []byte {
@@ -118,14 +117,47 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
+// encoder holds the scratch space of one encoding; encoders are pooled so
+// that checkpointing thousands of users does not allocate per user.
 type encoder struct {
-	strs    map[string]uint64
 	strList []string
-	wins    map[int64]uint64
+	strs    map[string]uint64 // index of strList, built once it grows past linearLimit
 	winList []int64
+	body    []byte
+	tmp     []byte
+}
+
+// linearLimit: up to this many table entries a linear scan beats a map.
+const linearLimit = 16
+
+var encoders = sync.Pool{New: func() any { return new(encoder) }}
+
+func (e *encoder) release() {
+	if cap(e.body) > 1<<20 || cap(e.tmp) > 1<<20 || len(e.strList) > 1<<12 {
+		return // let an outsized encoder go
+	}
+	clear(e.strList)
+	e.strList, e.winList, e.body, e.tmp = e.strList[:0], e.winList[:0], e.body[:0], e.tmp[:0]
+	e.strs = nil
+	encoders.Put(e)
 }
 
 func (e *encoder) str(b []byte, s string) []byte {
+	if e.strs == nil {
+		for i, v := range e.strList {
+			if v == s {
+				return binary.AppendUvarint(b, uint64(i))
+			}
+		}
+		e.strList = append(e.strList, s)
+		if len(e.strList) > linearLimit {
+			e.strs = make(map[string]uint64, 2*len(e.strList))
+			for i, v := range e.strList {
+				e.strs[v] = uint64(i)
+			}
+		}
+		return binary.AppendUvarint(b, uint64(len(e.strList)-1))
+	}
 	i, ok := e.strs[s]
 	if !ok {
 		i = uint64(len(e.strList))
@@ -136,13 +168,13 @@ func (e *encoder) str(b []byte, s string) []byte {
 }
 
 func (e *encoder) win(b []byte, w int64) []byte {
-	i, ok := e.wins[w]
-	if !ok {
-		i = uint64(len(e.winList))
-		e.wins[w] = i
-		e.winList = append(e.winList, w)
+	for i, v := range e.winList {
+		if v == w {
+			return binary.AppendUvarint(b, uint64(i))
+		}
 	}
-	return binary.AppendUvarint(b, i)
+	e.winList = append(e.winList, w)
+	return binary.AppendUvarint(b, uint64(len(e.winList)-1))
 }
 
 // Touch flags.
@@ -232,43 +264,58 @@ func (e *encoder) conversion(b []byte, c *Conversion, prev int64) []byte {
 // appendID writes an id as uvarint(length<<2 | kind) and its bytes, with
 // canonical UUIDs and lower-case hex stored as raw bytes.
 func appendID(b []byte, id string) []byte {
-	if isUUID(id) {
-		b = binary.AppendUvarint(b, 16<<idKindShift|idKindUUID)
-		var raw [16]byte
-		hexInto(raw[0:4], id[0:8])
-		hexInto(raw[4:6], id[9:13])
-		hexInto(raw[6:8], id[14:18])
-		hexInto(raw[8:10], id[19:23])
-		hexInto(raw[10:16], id[24:36])
-		return append(b, raw[:]...)
+	if len(id) == 36 {
+		if raw, ok := parseUUID(id); ok {
+			b = append(b, 16<<idKindShift|idKindUUID)
+			return append(b, raw[:]...)
+		}
 	}
-	if n := len(id); n > 0 && n%2 == 0 && isLowerHex(id) {
-		b = binary.AppendUvarint(b, uint64(n/2)<<idKindShift|idKindHex)
-		start := len(b)
-		b = append(b, make([]byte, n/2)...)
-		hexInto(b[start:], id)
-		return b
+	if n := len(id); n > 0 && n%2 == 0 && n <= 128 {
+		var raw [64]byte
+		if decodeHex(raw[:n/2], id) {
+			b = binary.AppendUvarint(b, uint64(n/2)<<idKindShift|idKindHex)
+			return append(b, raw[:n/2]...)
+		}
 	}
 	b = binary.AppendUvarint(b, uint64(len(id))<<idKindShift|idKindRaw)
 	return append(b, id...)
 }
 
-func hexInto(dst []byte, s string) { hex.Decode(dst, []byte(s)) } //nolint:errcheck // input checked by the caller
-
-func isLowerHex(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
+// hexVal maps a lower-case hex digit to its value, anything else to 0xff.
+var hexVal = func() (t [256]byte) {
+	for i := range t {
+		t[i] = 0xff
 	}
-	return true
+	for c := '0'; c <= '9'; c++ {
+		t[c] = byte(c - '0')
+	}
+	for c := 'a'; c <= 'f'; c++ {
+		t[c] = byte(c - 'a' + 10)
+	}
+	return t
+}()
+
+// decodeHex decodes lower-case hex s into dst (len(s) == 2*len(dst)) and
+// reports whether s was lower-case hex.
+func decodeHex(dst []byte, s string) bool {
+	var bad byte
+	for i := range dst {
+		hi, lo := hexVal[s[2*i]], hexVal[s[2*i+1]]
+		bad |= hi | lo
+		dst[i] = hi<<4 | lo
+	}
+	return bad&0xf0 == 0
 }
 
-func isUUID(s string) bool {
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return false
+// parseUUID decodes a canonical lower-case UUID (8-4-4-4-12).
+func parseUUID(s string) (raw [16]byte, ok bool) {
+	if s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return raw, false
 	}
-	return isLowerHex(s[0:8]) && isLowerHex(s[9:13]) && isLowerHex(s[14:18]) && isLowerHex(s[19:23]) && isLowerHex(s[24:36])
+	ok = decodeHex(raw[0:4], s[0:8]) && decodeHex(raw[4:6], s[9:13]) &&
+		decodeHex(raw[6:8], s[14:18]) && decodeHex(raw[8:10], s[19:23]) &&
+		decodeHex(raw[10:16], s[24:36])
+	return raw, ok
 }
 
 // UnmarshalBinary decodes a state written by AppendBinary, replacing s. On
