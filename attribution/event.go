@@ -85,10 +85,10 @@ type Bid struct {
 // Limits on field sizes. They bound a user's state and keep every value
 // inside a Redshift VARCHAR(256) column.
 const (
-	MaxFieldLen    = 256 // bytes, any string field
-	MaxCriteria    = 64  // targeting criteria per bid
-	MinEventTime   = 946684800000   // 2000-01-01T00:00:00Z
-	MaxEventTime   = 7258118400000  // 2200-01-01T00:00:00Z
+	MaxFieldLen  = 256           // bytes, any string field
+	MaxCriteria  = 64            // targeting criteria per bid
+	MinEventTime = 946684800000  // 2000-01-01T00:00:00Z
+	MaxEventTime = 7258118400000 // 2200-01-01T00:00:00Z
 )
 
 // ErrInvalidEvent is matched (errors.Is) by every validation error.
