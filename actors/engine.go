@@ -1,0 +1,570 @@
+package actors
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/lookback-dev/lookback/attribution"
+	"github.com/lookback-dev/lookback/ingest"
+	"github.com/lookback-dev/lookback/persist"
+)
+
+// Config configures the engine.
+type Config struct {
+	// NodeID names this node in logs, metrics and claims.
+	NodeID string
+	// Partitions is the input topics' partition count.
+	Partitions int32
+	Topics     ingest.Topics
+	Rules      *attribution.Rules
+	Watermark  attribution.WatermarkConfig
+	// CheckpointInterval is the checkpoint and warehouse micro-batch cadence.
+	CheckpointInterval time.Duration
+	// PassivateAfter: a user idle this long leaves memory (its state stays
+	// in the checkpoint store).
+	PassivateAfter time.Duration
+	// TickInterval is how often partitions advance their watermark by the
+	// wall clock and re-evaluate pauses.
+	TickInterval time.Duration
+	// MaxBufferedRecords bounds a partition's event-time buffer: past it,
+	// every input but the slowest is paused.
+	MaxBufferedRecords int
+	// LookupTimeout bounds a lookup.
+	LookupTimeout time.Duration
+	// CheckpointTimeout: a partition that cannot produce its part of a
+	// checkpoint in this time is stuck, and the engine stops (a restart
+	// recovers from the last checkpoint).
+	CheckpointTimeout time.Duration
+	// ClaimTimeout bounds the retries of a partition claim while the group
+	// waits.
+	ClaimTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults (Rules must still be set).
+func DefaultConfig() Config {
+	return Config{
+		Topics:             ingest.DefaultTopics(),
+		Watermark:          attribution.DefaultWatermarkConfig(),
+		CheckpointInterval: time.Second,
+		PassivateAfter:     10 * time.Minute,
+		TickInterval:       100 * time.Millisecond,
+		MaxBufferedRecords: 200_000,
+		LookupTimeout:      5 * time.Second,
+		CheckpointTimeout:  2 * time.Minute,
+		ClaimTimeout:       20 * time.Second,
+	}
+}
+
+// Validate reports the first problem with the configuration.
+func (c *Config) Validate() error {
+	switch {
+	case c.NodeID == "":
+		return errors.New("node id must be set")
+	case c.Partitions < 1:
+		return errors.New("partition count must be positive")
+	case c.Rules == nil:
+		return errors.New("attribution rules must be set")
+	case c.CheckpointInterval <= 0, c.TickInterval <= 0, c.PassivateAfter <= 0:
+		return errors.New("checkpoint interval, tick interval and passivation delay must be positive")
+	case c.MaxBufferedRecords < 1:
+		return errors.New("max buffered records must be positive")
+	case c.LookupTimeout <= 0, c.CheckpointTimeout <= 0, c.ClaimTimeout <= 0:
+		return errors.New("timeouts must be positive")
+	}
+	if err := c.Watermark.Validate(); err != nil {
+		return err
+	}
+	return c.Topics.Validate()
+}
+
+// Kafka is what the engine needs of the consumer: pausing inputs and
+// reporting offsets for lag tools.
+type Kafka interface {
+	SetPaused(partition int32, input int, paused bool)
+	CommitOffsets(ctx context.Context, offsets map[int32][ingest.NumInputs]int64)
+}
+
+// Engine runs the partitions this node owns and their checkpoints. It is
+// the consumer's ingest.Handler.
+type Engine struct {
+	cfg     Config
+	log     *slog.Logger
+	store   persist.CheckpointStore
+	sink    persist.FactSink
+	dlq     deadLetters
+	kafka   Kafka
+	metrics *metrics
+	system  *actor.ActorSystem
+	now     func() time.Time
+	owner   string // node id and incarnation
+
+	// ctx lives as long as the engine; fail cancels it with the cause.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	backpressure atomic.Bool
+
+	mu         sync.Mutex
+	partitions map[int32]*partitionHandle
+	ready      bool
+
+	// cycle serializes checkpoints (the periodic one and those of revoked
+	// partitions).
+	cycle sync.Mutex
+	seq   uint64
+}
+
+type partitionHandle struct {
+	pid   *actor.PID
+	owner persist.Owner
+}
+
+// NewEngine builds an engine. Attach the consumer before it consumes.
+func NewEngine(cfg Config, store persist.CheckpointStore, sink persist.FactSink, dlq deadLetters, log *slog.Logger, reg prometheus.Registerer) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	var inc [4]byte
+	if _, err := rand.Read(inc[:]); err != nil {
+		return nil, fmt.Errorf("making an incarnation id: %w", err)
+	}
+	e := &Engine{
+		cfg: cfg, log: log, store: store, sink: sink, dlq: dlq, metrics: m,
+		now:        time.Now,
+		owner:      cfg.NodeID + "/" + hex.EncodeToString(inc[:]),
+		partitions: map[int32]*partitionHandle{},
+	}
+	e.ctx, e.cancel = context.WithCancelCause(context.Background())
+	e.system = actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return log.With("component", "actors")
+	}))
+	return e, nil
+}
+
+// Attach gives the engine the consumer it pauses and reports offsets to.
+func (e *Engine) Attach(k Kafka) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.kafka = k
+}
+
+func (e *Engine) consumer() Kafka {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.kafka
+}
+
+func (e *Engine) setPaused(p int32, input int, paused bool) {
+	if k := e.consumer(); k != nil {
+		k.SetPaused(p, input, paused)
+	}
+}
+
+// Ready reports whether the engine has claimed what it was assigned at
+// least once (a node with no partitions yet is not ready).
+func (e *Engine) Ready() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.ready
+}
+
+// Owned returns the partitions this node owns, in order.
+func (e *Engine) Owned() []int32 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]int32, 0, len(e.partitions))
+	for p := range e.partitions {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// Run ticks the partitions and runs the checkpoint cycle until ctx ends,
+// then writes a final checkpoint of every partition it still owns. It
+// returns an error when the engine failed (a stuck partition, a panic in a
+// partition actor).
+func (e *Engine) Run(ctx context.Context) error {
+	tick := time.NewTicker(e.cfg.TickInterval)
+	defer tick.Stop()
+	checkpoint := time.NewTicker(e.cfg.CheckpointInterval)
+	defer checkpoint.Stop()
+	sweepEvery := max(e.cfg.PassivateAfter/10, time.Second)
+	sweep := time.NewTicker(sweepEvery)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return e.shutdown()
+		case <-e.ctx.Done():
+			return context.Cause(e.ctx)
+		case <-tick.C:
+			e.broadcast(tickMsg{})
+		case <-sweep.C:
+			e.broadcast(sweepMsg{})
+		case <-checkpoint.C:
+			if err := e.checkpoint(ctx, nil); err != nil && ctx.Err() == nil {
+				return err
+			}
+		}
+	}
+}
+
+// shutdown writes a final checkpoint of every owned partition and stops
+// the actors.
+func (e *Engine) shutdown() error {
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.CheckpointTimeout)
+	defer cancel()
+	err := e.checkpoint(ctx, nil)
+	e.mu.Lock()
+	for p, h := range e.partitions {
+		e.system.Root.Stop(h.pid)
+		delete(e.partitions, p)
+	}
+	e.mu.Unlock()
+	e.cancel(errors.New("engine stopped"))
+	if err != nil {
+		return fmt.Errorf("final checkpoint: %w", err)
+	}
+	return nil
+}
+
+func (e *Engine) fail(err error) {
+	e.log.Error("engine failed", "err", err)
+	e.cancel(err)
+}
+
+func (e *Engine) broadcast(msg any) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, h := range e.partitions {
+		e.system.Root.Send(h.pid, msg)
+	}
+}
+
+// Assign claims newly assigned partitions in the checkpoint store with the
+// group generation of this moment and starts their actors; it returns the
+// offsets to resume from.
+func (e *Engine) Assign(ctx context.Context, generation int32, parts []int32) (map[int32][ingest.NumInputs]int64, error) {
+	resume := make(map[int32][ingest.NumInputs]int64, len(parts))
+	inputs := e.cfg.Topics.Inputs()
+	for _, p := range parts {
+		owner := persist.Owner{Node: e.owner, Generation: int64(generation)}
+		var offsets map[string]int64
+		err := e.retry(ctx, e.cfg.ClaimTimeout, "claim", func() error {
+			var err error
+			offsets, err = e.store.Claim(ctx, p, owner)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("claiming partition %d: %w", p, err)
+		}
+		var at [ingest.NumInputs]int64
+		for i, topic := range inputs {
+			at[i] = -1
+			if off, ok := offsets[topic]; ok {
+				at[i] = off
+			}
+		}
+		resume[p] = at
+		e.startPartition(p, owner, at)
+	}
+	e.mu.Lock()
+	e.ready = true
+	e.mu.Unlock()
+	return resume, nil
+}
+
+func (e *Engine) startPartition(p int32, owner persist.Owner, resume [ingest.NumInputs]int64) {
+	env := &partitionEnv{
+		partition: p, rules: e.cfg.Rules, topics: e.cfg.Topics.Inputs(),
+		deadLetters: e.dlqFor(), log: e.log, ctx: e.ctx,
+	}
+	props := actor.PropsFromProducer(func() actor.Actor { return newPartitionActor(e, env, resume) },
+		actor.WithSupervisor(e.failStrategy()), actor.WithGuardian(e.failStrategy()))
+	pid := e.system.Root.Spawn(props)
+	e.mu.Lock()
+	if old := e.partitions[p]; old != nil {
+		e.system.Root.Stop(old.pid)
+	}
+	e.partitions[p] = &partitionHandle{pid: pid, owner: owner}
+	e.mu.Unlock()
+	e.metrics.owned.Set(float64(len(e.Owned())))
+}
+
+// Revoke writes a final checkpoint of partitions that move to another
+// node, then stops them.
+func (e *Engine) Revoke(_ context.Context, parts []int32) {
+	// The callback's context ends with the rebalance; the handoff must be
+	// written regardless, within the checkpoint timeout.
+	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.CheckpointTimeout)
+	defer cancel()
+	if err := e.checkpoint(ctx, parts); err != nil {
+		e.log.Warn("final checkpoint of revoked partitions failed; the next owner replays from the previous one", "partitions", parts, "err", err)
+	}
+	e.drop(parts)
+}
+
+// Lose stops partitions without a checkpoint: another node owns them.
+func (e *Engine) Lose(_ context.Context, parts []int32) { e.drop(parts) }
+
+func (e *Engine) drop(parts []int32) {
+	e.mu.Lock()
+	for _, p := range parts {
+		if h := e.partitions[p]; h != nil {
+			e.system.Root.Stop(h.pid)
+			delete(e.partitions, p)
+		}
+	}
+	n := len(e.partitions)
+	e.mu.Unlock()
+	e.metrics.owned.Set(float64(n))
+}
+
+// Handle passes a poll's batches to their partitions.
+func (e *Engine) Handle(_ context.Context, batches []ingest.PartitionBatch) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i := range batches {
+		h := e.partitions[batches[i].Partition]
+		if h == nil {
+			continue // revoked while the poll was in flight; the new owner reads it
+		}
+		e.system.Root.Send(h.pid, &batchMsg{batch: batches[i]})
+	}
+	return context.Cause(e.ctx)
+}
+
+// checkpoint runs one checkpoint cycle over parts (all owned partitions
+// when nil): collect, facts to the warehouse, states and offsets to the
+// store, offsets to Kafka. Failures are retried with backoff under
+// backpressure until they succeed or ctx ends.
+func (e *Engine) checkpoint(ctx context.Context, parts []int32) error {
+	e.cycle.Lock()
+	defer e.cycle.Unlock()
+	start := e.now()
+
+	e.mu.Lock()
+	if parts == nil {
+		for p := range e.partitions {
+			parts = append(parts, p)
+		}
+	}
+	type target struct {
+		p int32
+		h partitionHandle
+	}
+	var targets []target
+	for _, p := range parts {
+		if h := e.partitions[p]; h != nil {
+			targets = append(targets, target{p, *h})
+		}
+	}
+	e.mu.Unlock()
+	if len(targets) == 0 {
+		return nil
+	}
+	e.seq++
+	seq := e.seq
+
+	// 1. Collect every partition's part at one cut.
+	futures := make([]actor.Future, len(targets))
+	for i, t := range targets {
+		futures[i] = e.system.Root.RequestFuture(t.h.pid, &checkpointRequest{seq: seq}, e.cfg.CheckpointTimeout)
+	}
+	var facts attribution.Facts
+	var stats applyStats
+	cps := make([]persist.PartitionCheckpoint, 0, len(targets))
+	offsets := make(map[int32][ingest.NumInputs]int64, len(targets))
+	inputs := e.cfg.Topics.Inputs()
+	for i, f := range futures {
+		res, err := f.Result()
+		if err != nil {
+			// A partition that took its users' facts and cannot hand them
+			// over would lose them: stop, and replay after a restart.
+			err = fmt.Errorf("partition %d did not answer its checkpoint: %w", targets[i].p, err)
+			e.fail(err)
+			return err
+		}
+		pc := res.(*partitionCheckpoint)
+		facts.Append(&pc.facts)
+		stats.add(&pc.stats)
+		cp := persist.PartitionCheckpoint{Partition: pc.partition, Owner: targets[i].h.owner, States: pc.states, Offsets: map[string]int64{}}
+		for j, off := range pc.offsets {
+			if off >= 0 {
+				cp.Offsets[inputs[j]] = off
+			}
+		}
+		cps = append(cps, cp)
+		offsets[pc.partition] = pc.offsets
+	}
+	e.metrics.recordStats(&stats)
+	e.metrics.phaseSeconds.WithLabelValues("collect").Observe(e.now().Sub(start).Seconds())
+
+	// 2. Facts before offsets: the warehouse first.
+	if facts.Len() > 0 {
+		t := e.now()
+		err := e.retry(ctx, 0, "warehouse", func() error { return e.sink.Write(ctx, &facts) })
+		if err != nil {
+			return fmt.Errorf("writing facts: %w", err)
+		}
+		e.metrics.phaseSeconds.WithLabelValues("warehouse").Observe(e.now().Sub(t).Seconds())
+		e.metrics.recordFacts(&facts)
+	}
+
+	// 3. States and offsets, per partition atomically, fenced.
+	t := e.now()
+	pendingCPs := cps
+	err := e.retry(ctx, 0, "store", func() error {
+		errs := e.store.Commit(ctx, pendingCPs)
+		var retry []persist.PartitionCheckpoint
+		var last error
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				e.committed(pendingCPs[i].Partition, seq)
+			case errors.Is(err, persist.ErrFenced):
+				e.fenced(pendingCPs[i].Partition, err)
+			default:
+				retry, last = append(retry, pendingCPs[i]), err
+			}
+		}
+		pendingCPs = retry
+		return last
+	})
+	if err != nil {
+		return fmt.Errorf("committing checkpoints: %w", err)
+	}
+	e.metrics.phaseSeconds.WithLabelValues("store").Observe(e.now().Sub(t).Seconds())
+
+	// 4. Offsets to Kafka, for lag tools only.
+	if k := e.consumer(); k != nil {
+		k.CommitOffsets(ctx, offsets)
+	}
+	e.metrics.checkpointSeconds.Observe(e.now().Sub(start).Seconds())
+	e.metrics.lastCheckpoint.SetToCurrentTime()
+	return nil
+}
+
+func (e *Engine) committed(p int32, seq uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if h := e.partitions[p]; h != nil {
+		e.system.Root.Send(h.pid, &committedMsg{seq: seq})
+	}
+}
+
+// fenced drops a partition whose claim another owner has taken: its
+// checkpoint was refused, and the new owner replays from the last one.
+func (e *Engine) fenced(p int32, err error) {
+	e.log.Warn("checkpoint refused: another owner claimed the partition; dropping it", "partition", p, "err", err)
+	e.metrics.fenced.Inc()
+	e.drop([]int32{p})
+}
+
+// retry calls fn until it succeeds, with backoff, pausing consumption
+// (backpressure) after the first failure and resuming it on success. A
+// limit of 0 means until ctx ends.
+func (e *Engine) retry(ctx context.Context, limit time.Duration, what string, fn func() error) error {
+	pause := 50 * time.Millisecond
+	var deadline time.Time
+	if limit > 0 {
+		deadline = e.now().Add(limit)
+	}
+	for attempt := 0; ; attempt++ {
+		err := fn()
+		if err == nil {
+			if attempt > 0 {
+				e.setBackpressure(what, false)
+				e.log.Info("dependency recovered", "what", what, "attempts", attempt+1)
+			}
+			return nil
+		}
+		e.metrics.storeErrors.WithLabelValues(what).Inc()
+		if attempt == 0 {
+			e.setBackpressure(what, true)
+		}
+		if ctx.Err() != nil || (!deadline.IsZero() && e.now().After(deadline)) {
+			e.setBackpressure(what, false)
+			return err
+		}
+		e.log.Warn("dependency failed; retrying with backoff", "what", what, "attempt", attempt+1, "retry_in", pause, "err", err)
+		select {
+		case <-ctx.Done():
+			e.setBackpressure(what, false)
+			return err
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 5*time.Second)
+	}
+}
+
+func (e *Engine) setBackpressure(what string, on bool) {
+	if e.backpressure.Swap(on) == on {
+		return
+	}
+	v := 0.0
+	if on {
+		v = 1
+		e.log.Warn("backpressure: pausing consumption", "cause", what)
+	} else {
+		e.log.Info("backpressure released: resuming consumption")
+	}
+	e.metrics.backpressure.Set(v)
+	e.broadcast(tickMsg{}) // apply the pause now, not at the next tick
+}
+
+// Lookup returns the live view of a user, from the actor that owns it.
+func (e *Engine) Lookup(ctx context.Context, userID string) (*UserView, error) {
+	p := ingest.PartitionOf(userID, int(e.cfg.Partitions))
+	e.mu.Lock()
+	h := e.partitions[p]
+	e.mu.Unlock()
+	if h == nil {
+		return nil, ErrNotOwned
+	}
+	timeout := e.cfg.LookupTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(d))
+	}
+	res, err := e.system.Root.RequestFuture(h.pid, &lookupRequest{userID: userID}, timeout).Result()
+	if err != nil {
+		return nil, fmt.Errorf("looking up user %q in partition %d: %w", userID, p, err)
+	}
+	switch v := res.(type) {
+	case *UserView:
+		return v, nil
+	case error:
+		return nil, v
+	}
+	return nil, fmt.Errorf("unexpected lookup answer %T", res)
+}
+
+// PartitionOf is the partition that owns a user.
+func (e *Engine) PartitionOf(userID string) int32 {
+	return ingest.PartitionOf(userID, int(e.cfg.Partitions))
+}
+
+// Close stops the actor system.
+func (e *Engine) Close() {
+	e.cancel(errors.New("engine closed"))
+	e.system.Shutdown()
+}
+
+func (env *partitionEnv) partitionLabel() string { return strconv.Itoa(int(env.partition)) }
