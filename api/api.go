@@ -138,7 +138,9 @@ func (s *Server) AdminHandler() http.Handler {
 }
 
 func (s *Server) adminRoutes(mux *http.ServeMux) {
-	live := func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, map[string]string{"status": "alive"}) }
+	live := func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "alive"})
+	}
 	mux.HandleFunc("GET /livez", live)
 	mux.HandleFunc("GET /healthz", live)
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -118,13 +118,13 @@ type Handler interface {
 // the consumer: the handler resumes them from its checkpoints (Assign), and
 // may report them to Kafka for lag tools (CommitOffsets).
 type Consumer struct {
-	cfg      ConsumerConfig
-	cl       *kgo.Client
-	handler  Handler
-	log      *slog.Logger
-	dlq      *DeadLetterWriter
-	values   *ValueDecoder
-	now      func() time.Time
+	cfg     ConsumerConfig
+	cl      *kgo.Client
+	handler Handler
+	log     *slog.Logger
+	dlq     *DeadLetterWriter
+	values  *ValueDecoder
+	now     func() time.Time
 
 	records     *prometheus.CounterVec
 	deadLetters *prometheus.CounterVec
