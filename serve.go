@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
-	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lookback-dev/lookback/actors"
@@ -229,12 +228,7 @@ func (l lazyDeadLetters) Send(ctx context.Context, letters []ingest.DeadLetter) 
 // ensureTopics creates the topics lookback needs and returns the input
 // topics' partition count.
 func ensureTopics(ctx context.Context, brokers []string, topics ingest.Topics, partitions int32, log *slog.Logger) (int32, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		return 0, fmt.Errorf("connecting to Kafka: %w", err)
-	}
-	defer cl.Close()
-	n, err := ingest.EnsureTopics(ctx, cl, topics, partitions, 1)
+	n, err := ingest.EnsureTopics(ctx, brokers, topics, partitions, 1)
 	if err != nil {
 		return 0, err
 	}

@@ -16,11 +16,18 @@ import (
 // (same partition count, which lookback depends on). It returns the input
 // topics' partition count, which may differ from partitions when the
 // topics already existed.
-func EnsureTopics(ctx context.Context, cl *kgo.Client, topics Topics, partitions int32, replication int16) (int32, error) {
+func EnsureTopics(ctx context.Context, brokers []string, topics Topics, partitions int32, replication int16) (int32, error) {
+	// An admin client of its own: a client's metadata is cached for 5 s
+	// by default, which would hide the topics just created.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.MetadataMinAge(50*time.Millisecond))
+	if err != nil {
+		return 0, fmt.Errorf("connecting to Kafka: %w", err)
+	}
+	defer cl.Close()
 	adm := kadm.NewClient(cl)
 	var details kadm.TopicDetails
 	// A broker that just started may not answer metadata at once.
-	err := retry(ctx, 10, 200*time.Millisecond, func() error {
+	err = retry(ctx, 10, 200*time.Millisecond, func() error {
 		var err error
 		details, err = adm.ListTopics(ctx, topics.All()...)
 		return err
