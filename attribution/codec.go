@@ -37,6 +37,7 @@ const (
 	secTouches     = 4
 	secBids        = 5
 	secConversions = 6
+	secForgotten   = 7 // count, then count (key:8 bytes LE, expiry-latest:varint)
 )
 
 // ErrStateVersion is returned for a checkpoint written by a newer lookback.
@@ -85,6 +86,15 @@ func (s *State) AppendBinary(b []byte) ([]byte, error) {
 			prev = s.convs[i].Time
 		}
 		e.body, e.tmp = appendSection(e.body, secConversions, p), p
+	}
+
+	if len(s.forgotten) > 0 {
+		p := binary.AppendUvarint(e.tmp[:0], uint64(len(s.forgotten)))
+		for _, f := range s.forgotten {
+			p = binary.LittleEndian.AppendUint64(p, f.key)
+			p = binary.AppendVarint(p, f.expiry-s.latest)
+		}
+		e.body, e.tmp = appendSection(e.body, secForgotten, p), p
 	}
 
 	b = append(b, stateVersion)
@@ -340,7 +350,7 @@ func (s *State) decode(data []byte) error {
 	}
 	var d decoder
 	r := reader{b: data[1:]}
-	var touches, bids, convs []byte
+	var touches, bids, convs, forgotten []byte
 	for !r.done() {
 		tag := r.uvarint()
 		n := r.uvarint()
@@ -369,6 +379,8 @@ func (s *State) decode(data []byte) error {
 			bids = payload
 		case secConversions:
 			convs = payload
+		case secForgotten:
+			forgotten = payload
 		default:
 			// A section from a newer writer: skip it.
 		}
@@ -384,6 +396,9 @@ func (s *State) decode(data []byte) error {
 	if err := d.readConversions(s, convs); err != nil {
 		return err
 	}
+	if err := readForgotten(s, forgotten); err != nil {
+		return err
+	}
 	s.nextExpiry = 0
 	for i := range s.touches {
 		s.noteExpiry(s.touches[i].expiry)
@@ -396,7 +411,29 @@ func (s *State) decode(data []byte) error {
 	for i := range s.convs {
 		s.noteExpiry(s.convs[i].Time)
 	}
+	for _, f := range s.forgotten {
+		s.noteExpiry(f.expiry)
+	}
 	return nil
+}
+
+func readForgotten(s *State, p []byte) error {
+	if p == nil {
+		return nil
+	}
+	r := reader{b: p}
+	n := r.count(9)
+	s.forgotten = make([]forgotten, 0, n)
+	for i := 0; i < n && r.err == nil; i++ {
+		kb := r.bytes(8)
+		if kb == nil {
+			break
+		}
+		f := forgotten{key: binary.LittleEndian.Uint64(kb)}
+		f.expiry = s.latest + r.varint()
+		s.forgotten = append(s.forgotten, f)
+	}
+	return r.finish("forgotten")
 }
 
 type decoder struct {

@@ -97,12 +97,13 @@ func DefaultConfig() Config {
 
 // Validate reports the first problem with the configuration.
 func (c *Config) Validate() error {
-	if c.Windows.Click <= 0 || c.Windows.View <= 0 {
-		return errors.New("click and view windows must be positive")
+	// Event times have millisecond precision; so do windows.
+	if c.Windows.Click < time.Millisecond || c.Windows.View < time.Millisecond {
+		return errors.New("click and view windows must be at least 1ms")
 	}
 	for camp, w := range c.CampaignWindows {
-		if w.Click < 0 || w.View < 0 {
-			return fmt.Errorf("campaign %q: windows must not be negative", camp)
+		if w.Click < 0 || w.View < 0 || w.Click > 0 && w.Click < time.Millisecond || w.View > 0 && w.View < time.Millisecond {
+			return fmt.Errorf("campaign %q: windows must be 0 (the global one) or at least 1ms", camp)
 		}
 	}
 	if len(c.Models) == 0 {
@@ -118,8 +119,8 @@ func (c *Config) Validate() error {
 		}
 		seen[m] = true
 	}
-	if c.HalfLife <= 0 {
-		return errors.New("time_decay half life must be positive")
+	if c.HalfLife < time.Millisecond {
+		return errors.New("time_decay half life must be at least 1ms")
 	}
 	if c.MaxTouchesPerUser < 1 {
 		return errors.New("max touches per user must be at least 1")
@@ -139,6 +140,8 @@ type Rules struct {
 	halfLife    float64
 	maxView     int64 // longest view window of any campaign: bid retention
 	maxWindow   int64 // longest window of any kind: conversion retention
+	// maxForgotten bounds the evicted ids a state remembers for dedupe.
+	maxForgotten int
 }
 
 type windowsMS struct{ click, view int64 }
@@ -155,6 +158,7 @@ func NewRules(cfg Config) (*Rules, error) {
 		halfLife: float64(cfg.HalfLife.Milliseconds()),
 	}
 	r.cfg.Models = append([]Model(nil), cfg.Models...)
+	r.maxForgotten = max(4*cfg.MaxTouchesPerUser, 256)
 	r.maxView, r.maxWindow = r.view, max(r.click, r.view)
 	if len(cfg.CampaignWindows) > 0 {
 		r.campaigns = make(map[string]windowsMS, len(cfg.CampaignWindows))

@@ -51,7 +51,9 @@
 // impression's view window of each other: its fact carries the bid's price,
 // floor and targeting. If the bid comes second the impression's fact is
 // produced again, joined; sinks key impressions by id, so the later fact
-// replaces the earlier. A click is joined to the impression it names; a
+// replaces the earlier. A bid stays joinable for the longest view window
+// (every impression naming it joins it), at most MaxTouchesPerUser bids per
+// user. A click is joined to the impression it names; a
 // click that names none is joined to the user's latest kept impression of
 // the same creative within the click window. Joins look only at what the
 // state keeps when the later event is applied (impressions for their view
@@ -67,8 +69,11 @@
 // that is not late finds every touch it is eligible for, window edges
 // included. At most Config.MaxTouchesPerUser touches are kept (200 by
 // default; the oldest are evicted first, and counted). Conversions are kept
-// for the longest window, for dedupe and lookups. Dedupe lasts as long as
-// the state keeps the event.
+// for the longest window, for dedupe and lookups. What the caps evict is
+// still remembered, as a 64-bit hash of its type and id, until its window
+// passes (up to 4 x MaxTouchesPerUser, at least 256, per user), so that its
+// duplicates stay duplicates: a replay after a crash re-reads records the
+// state already applied.
 //
 // # Event time
 //

@@ -336,12 +336,3 @@ func equalStrings(a, b []string) bool {
 }
 
 func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9 }
-
-// knownBug skips a test that exposes a known implementation bug, so that
-// the suite stays green; run with ATTRIBUTION_KNOWN_BUGS=1 to see it fail.
-func knownBug(t testing.TB, msg string) {
-	t.Helper()
-	if os.Getenv("ATTRIBUTION_KNOWN_BUGS") == "" {
-		t.Skip("BUG: " + msg)
-	}
-}

@@ -34,9 +34,28 @@ func (t *Touch) Expiry() int64 { return t.expiry }
 type bidRecord struct {
 	ID   string
 	Time int64
-	// Bid is nil once the bid has joined its impression: only its id is
-	// kept then, for dedupe.
+	// Bid is kept after a join: an impression applied again (a duplicate
+	// the state no longer remembers, a replay) must join it again, or its
+	// new fact would replace the joined one without the bid.
 	Bid *Bid
+}
+
+// forgotten is an event a per-user cap pushed out of the state, remembered
+// (by a hash of its type and id) until its window passes, so that its
+// duplicates are still duplicates.
+type forgotten struct {
+	key    uint64
+	expiry int64
+}
+
+// forgetKey hashes an event's type and id (FNV-1a, 64 bits).
+func forgetKey(t Type, id string) uint64 {
+	h := uint64(14695981039346656037)
+	h = (h ^ uint64(t)) * 1099511628211
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint64(id[i])) * 1099511628211
+	}
+	return h
 }
 
 // State is one user's attribution state: the touches that can still be
@@ -48,6 +67,8 @@ type State struct {
 	touches []Touch      // ordered by (Time, ID): path order
 	bids    []bidRecord  // in application order
 	convs   []Conversion // ordered by (Time, ID)
+	// forgotten remembers what the caps evicted, oldest first.
+	forgotten []forgotten
 	// latest is the time of the latest record applied; retention is
 	// measured back from it.
 	latest int64
@@ -85,7 +106,7 @@ func (s *State) Latest() int64 { return s.latest }
 
 // Empty reports whether the state holds nothing at all.
 func (s *State) Empty() bool {
-	return len(s.touches) == 0 && len(s.bids) == 0 && len(s.convs) == 0 && s.latest == 0
+	return len(s.touches) == 0 && len(s.bids) == 0 && len(s.convs) == 0 && len(s.forgotten) == 0 && s.latest == 0
 }
 
 // Apply applies one event to the user's state and appends the facts it
@@ -115,7 +136,32 @@ func (s *State) hasTouch(t Type, id string) bool {
 			return true
 		}
 	}
+	return s.wasForgotten(t, id)
+}
+
+func (s *State) wasForgotten(t Type, id string) bool {
+	if len(s.forgotten) == 0 {
+		return false
+	}
+	key := forgetKey(t, id)
+	for _, f := range s.forgotten {
+		if f.key == key {
+			return true
+		}
+	}
 	return false
+}
+
+// forget remembers an event a cap evicted, within a bound of its own.
+func (s *State) forget(r *Rules, t Type, id string, expiry int64) {
+	if expiry < s.latest {
+		return // its window has passed: nothing could be a duplicate of it now
+	}
+	s.forgotten = append(s.forgotten, forgotten{key: forgetKey(t, id), expiry: expiry})
+	if over := len(s.forgotten) - r.maxForgotten; over > 0 {
+		s.forgotten = dropFront(s.forgotten, over)
+	}
+	s.noteExpiry(expiry)
 }
 
 func (r *Rules) applyImpression(s *State, ev *Event, out *Facts) Outcome {
@@ -135,9 +181,8 @@ func (r *Rules) applyImpression(s *State, ev *Event, out *Facts) Outcome {
 		Website: ev.Website, AuctionID: ev.AuctionID,
 	}
 	if ev.AuctionID != "" {
-		if b := s.findBid(ev.AuctionID); b != nil && b.Bid != nil && abs(ev.Time-b.Time) <= window {
+		if b := s.findBid(ev.AuctionID); b != nil && abs(ev.Time-b.Time) <= window {
 			fact.Bid = b.Bid
-			b.Bid = nil
 		} else {
 			t.pending = &pendingJoin{AuctionID: ev.AuctionID, Website: ev.Website}
 		}
@@ -198,13 +243,12 @@ func (s *State) clickImpression(ev *Event, window int64) *Touch {
 }
 
 func (r *Rules) applyBid(s *State, ev *Event, out *Facts) Outcome {
-	if s.findBid(ev.ID) != nil {
+	if s.findBid(ev.ID) != nil || s.wasForgotten(TypeBid, ev.ID) {
 		return Outcome{Duplicate: true}
 	}
 	s.advance(r, ev.Time)
-	rec := bidRecord{ID: ev.ID, Time: ev.Time, Bid: ev.Bid}
-	// The bid may come after its impression: join it to an impression
-	// still waiting for it, and write that impression's fact again.
+	// The bid may come after its impressions: join those still waiting for
+	// it, and write their facts again.
 	for i := range s.touches {
 		t := &s.touches[i]
 		if t.pending == nil || t.pending.AuctionID != ev.ID || abs(t.Time-ev.Time) > t.expiry-t.Time {
@@ -216,14 +260,26 @@ func (r *Rules) applyBid(s *State, ev *Event, out *Facts) Outcome {
 			Website: t.pending.Website, AuctionID: ev.ID, Bid: ev.Bid,
 		})
 		t.pending = nil
-		rec.Bid = nil
-		break
 	}
-	if ev.Time+r.maxView < s.latest {
+	expiry := ev.Time + r.maxView
+	if expiry < s.latest {
 		return Outcome{} // too old to join anything later: keep nothing
 	}
-	s.bids = append(s.bids, rec)
-	s.noteExpiry(ev.Time + r.maxView)
+	s.bids = append(s.bids, bidRecord{ID: ev.ID, Time: ev.Time, Bid: ev.Bid})
+	s.noteExpiry(expiry)
+	// Bids are capped like touches; the oldest go first.
+	if over := len(s.bids) - r.cfg.MaxTouchesPerUser; over > 0 {
+		oldest := 0
+		for i := range s.bids {
+			if s.bids[i].Time < s.bids[oldest].Time {
+				oldest = i
+			}
+		}
+		b := s.bids[oldest]
+		s.bids = append(s.bids[:oldest], s.bids[oldest+1:]...)
+		s.forget(r, TypeBid, b.ID, b.Time+r.maxView)
+		return Outcome{Evicted: 1}
+	}
 	return Outcome{}
 }
 
@@ -237,7 +293,7 @@ func (s *State) findBid(id string) *bidRecord {
 }
 
 func (r *Rules) applyConversion(s *State, ev *Event, out *Facts) Outcome {
-	if _, ok := s.Conversion(ev.ID); ok {
+	if _, ok := s.Conversion(ev.ID); ok || s.wasForgotten(TypeConversion, ev.ID) {
 		return Outcome{Duplicate: true}
 	}
 	s.advance(r, ev.Time)
@@ -263,6 +319,9 @@ func (r *Rules) applyConversion(s *State, ev *Event, out *Facts) Outcome {
 	s.noteExpiry(c.Time + r.maxWindow)
 	evicted := 0
 	if over := len(s.convs) - r.cfg.MaxConversionsPerUser; over > 0 {
+		for _, old := range s.convs[:over] {
+			s.forget(r, TypeConversion, old.ID, old.Time+r.maxWindow)
+		}
 		s.convs = dropFront(s.convs, over)
 		evicted = over
 	}
@@ -306,6 +365,9 @@ func (s *State) addTouch(r *Rules, t Touch) int {
 	s.touches = insertAt(s.touches, i, t)
 	s.noteExpiry(t.expiry)
 	if over := len(s.touches) - r.cfg.MaxTouchesPerUser; over > 0 {
+		for _, old := range s.touches[:over] {
+			s.forget(r, old.Type, old.ID, old.expiry)
+		}
 		s.touches = dropFront(s.touches, over)
 		return over
 	}
@@ -363,6 +425,15 @@ func (s *State) prune(r *Rules) {
 	}
 	clear(s.convs[len(keepConvs):])
 	s.convs = keepConvs
+
+	keepForgotten := s.forgotten[:0]
+	for _, f := range s.forgotten {
+		if f.expiry >= s.latest {
+			keepForgotten = append(keepForgotten, f)
+			next = min(next, f.expiry)
+		}
+	}
+	s.forgotten = keepForgotten
 
 	if next == math.MaxInt64 {
 		next = 0

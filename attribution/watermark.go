@@ -33,11 +33,12 @@ func (c *WatermarkConfig) Validate() error {
 	if c.AllowedLateness < 0 {
 		return errors.New("allowed lateness must not be negative")
 	}
-	if c.IdleTimeout <= 0 {
-		return errors.New("idle timeout must be positive")
+	// The watermark counts in milliseconds, like event times.
+	if c.IdleTimeout < time.Millisecond {
+		return errors.New("idle timeout must be at least 1ms")
 	}
-	if c.MaxSkew <= 0 {
-		return errors.New("max skew must be positive")
+	if c.MaxSkew < time.Millisecond {
+		return errors.New("max skew must be at least 1ms")
 	}
 	return nil
 }
