@@ -50,6 +50,9 @@ type Config struct {
 	// ClaimTimeout bounds the retries of a partition claim while the group
 	// waits.
 	ClaimTimeout time.Duration
+	// DependencyTimeout bounds one call to the warehouse or the store; a
+	// call that hangs is abandoned and retried like one that failed.
+	DependencyTimeout time.Duration
 }
 
 // DefaultConfig returns the defaults (Rules must still be set).
@@ -64,6 +67,7 @@ func DefaultConfig() Config {
 		LookupTimeout:      5 * time.Second,
 		CheckpointTimeout:  2 * time.Minute,
 		ClaimTimeout:       20 * time.Second,
+		DependencyTimeout:  30 * time.Second,
 	}
 }
 
@@ -80,7 +84,7 @@ func (c *Config) Validate() error {
 		return errors.New("checkpoint interval, tick interval and passivation delay must be positive")
 	case c.MaxBufferedRecords < 1:
 		return errors.New("max buffered records must be positive")
-	case c.LookupTimeout <= 0, c.CheckpointTimeout <= 0, c.ClaimTimeout <= 0:
+	case c.LookupTimeout <= 0, c.CheckpointTimeout <= 0, c.ClaimTimeout <= 0, c.DependencyTimeout <= 0:
 		return errors.New("timeouts must be positive")
 	}
 	if err := c.Watermark.Validate(); err != nil {
@@ -89,10 +93,11 @@ func (c *Config) Validate() error {
 	return c.Topics.Validate()
 }
 
-// Kafka is what the engine needs of the consumer: pausing inputs and
-// reporting offsets for lag tools.
+// Kafka is what the engine needs of the consumer: pausing inputs, the
+// logs' end offsets, and reporting offsets for lag tools.
 type Kafka interface {
 	SetPaused(partition int32, input int, paused bool)
+	EndOffsets(ctx context.Context) (map[int32][ingest.NumInputs]int64, error)
 	CommitOffsets(ctx context.Context, offsets map[int32][ingest.NumInputs]int64)
 }
 
@@ -208,8 +213,15 @@ func (e *Engine) Run(ctx context.Context) error {
 	sweepEvery := max(e.cfg.PassivateAfter/10, time.Second)
 	sweep := time.NewTicker(sweepEvery)
 	defer sweep.Stop()
+	// Probe the logs' ends well within the idle timeout: an input with
+	// unread records must never count as idle.
+	probeEvery := max(e.cfg.Watermark.IdleTimeout/3, 10*time.Millisecond)
+	probe := time.NewTicker(probeEvery)
+	defer probe.Stop()
 	for {
 		select {
+		case <-probe.C:
+			e.probeEnds(ctx, probeEvery)
 		case <-ctx.Done():
 			return e.shutdown()
 		case <-e.ctx.Done():
@@ -245,6 +257,28 @@ func (e *Engine) shutdown() error {
 	return nil
 }
 
+// probeEnds tells every partition where its inputs' logs end.
+func (e *Engine) probeEnds(ctx context.Context, timeout time.Duration) {
+	k := e.consumer()
+	if k == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	ends, err := k.EndOffsets(ctx)
+	if err != nil {
+		e.log.Debug("probing end offsets failed", "err", err)
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for p, h := range e.partitions {
+		if end, ok := ends[p]; ok {
+			e.system.Root.Send(h.pid, endOffsetsMsg{ends: end})
+		}
+	}
+}
+
 func (e *Engine) fail(err error) {
 	e.log.Error("engine failed", "err", err)
 	e.cancel(err)
@@ -267,7 +301,7 @@ func (e *Engine) Assign(ctx context.Context, generation int32, parts []int32) (m
 	for _, p := range parts {
 		owner := persist.Owner{Node: e.owner, Generation: int64(generation)}
 		var offsets map[string]int64
-		err := e.retry(ctx, e.cfg.ClaimTimeout, "claim", func() error {
+		err := e.retry(ctx, e.cfg.ClaimTimeout, "claim", func(ctx context.Context) error {
 			var err error
 			offsets, err = e.store.Claim(ctx, p, owner)
 			return err
@@ -420,7 +454,7 @@ func (e *Engine) checkpoint(ctx context.Context, parts []int32) error {
 	// 2. Facts before offsets: the warehouse first.
 	if facts.Len() > 0 {
 		t := e.now()
-		err := e.retry(ctx, 0, "warehouse", func() error { return e.sink.Write(ctx, &facts) })
+		err := e.retry(ctx, 0, "warehouse", func(ctx context.Context) error { return e.sink.Write(ctx, &facts) })
 		if err != nil {
 			return fmt.Errorf("writing facts: %w", err)
 		}
@@ -431,7 +465,7 @@ func (e *Engine) checkpoint(ctx context.Context, parts []int32) error {
 	// 3. States and offsets, per partition atomically, fenced.
 	t := e.now()
 	pendingCPs := cps
-	err := e.retry(ctx, 0, "store", func() error {
+	err := e.retry(ctx, 0, "store", func(ctx context.Context) error {
 		errs := e.store.Commit(ctx, pendingCPs)
 		var retry []persist.PartitionCheckpoint
 		var last error
@@ -478,17 +512,20 @@ func (e *Engine) fenced(p int32, err error) {
 	e.drop([]int32{p})
 }
 
-// retry calls fn until it succeeds, with backoff, pausing consumption
-// (backpressure) after the first failure and resuming it on success. A
-// limit of 0 means until ctx ends.
-func (e *Engine) retry(ctx context.Context, limit time.Duration, what string, fn func() error) error {
+// retry calls fn until it succeeds, each call bounded by the dependency
+// timeout, with backoff, pausing consumption (backpressure) after the
+// first failure and resuming it on success. A limit of 0 means until ctx
+// ends.
+func (e *Engine) retry(ctx context.Context, limit time.Duration, what string, fn func(context.Context) error) error {
 	pause := 50 * time.Millisecond
 	var deadline time.Time
 	if limit > 0 {
 		deadline = e.now().Add(limit)
 	}
 	for attempt := 0; ; attempt++ {
-		err := fn()
+		attemptCtx, cancel := context.WithTimeout(ctx, e.cfg.DependencyTimeout)
+		err := fn(attemptCtx)
+		cancel()
 		if err == nil {
 			if attempt > 0 {
 				e.setBackpressure(what, false)

@@ -22,7 +22,10 @@ import (
 // hand (Assign, Handle).
 type nopKafka struct{}
 
-func (nopKafka) SetPaused(int32, int, bool)                                       {}
+func (nopKafka) SetPaused(int32, int, bool) {}
+func (nopKafka) EndOffsets(context.Context) (map[int32][ingest.NumInputs]int64, error) {
+	return nil, nil
+}
 func (nopKafka) CommitOffsets(context.Context, map[int32][ingest.NumInputs]int64) {}
 
 // gatedSink blocks Write while closed: a stalled node.

@@ -19,6 +19,7 @@ type loaderActor struct {
 	partition int32
 	metrics   *metrics
 	env       *partitionEnv
+	timeout   time.Duration // per load
 }
 
 func (l *loaderActor) Receive(ctx actor.Context) {
@@ -29,7 +30,9 @@ func (l *loaderActor) Receive(ctx actor.Context) {
 	pause := 50 * time.Millisecond
 	for {
 		start := time.Now()
-		states, err := l.store.LoadStates(l.ctx, l.partition, m.users)
+		ctx2, cancel := context.WithTimeout(l.ctx, l.timeout)
+		states, err := l.store.LoadStates(ctx2, l.partition, m.users)
+		cancel()
 		if err == nil {
 			l.metrics.loadSeconds.Observe(time.Since(start).Seconds())
 			l.metrics.usersLoaded.Add(float64(len(m.users)))

@@ -22,6 +22,10 @@ type tickMsg struct{}
 // sweepMsg passivates idle users.
 type sweepMsg struct{}
 
+// endOffsetsMsg gives a partition its inputs' log ends: an input with
+// records past what the partition has read is active, not idle.
+type endOffsetsMsg struct{ ends [ingest.NumInputs]int64 }
+
 // checkpointRequest asks a partition for everything its next checkpoint
 // holds; it answers with a *partitionCheckpoint once its dirty users have
 // flushed.

@@ -67,7 +67,8 @@ func (p *partitionActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		p.loader = ctx.Spawn(actor.PropsFromProducer(func() actor.Actor {
-			return &loaderActor{ctx: p.engine.ctx, store: p.engine.store, partition: p.env.partition, metrics: p.engine.metrics, env: p.env}
+			return &loaderActor{ctx: p.engine.ctx, store: p.engine.store, partition: p.env.partition,
+				metrics: p.engine.metrics, env: p.env, timeout: p.engine.cfg.DependencyTimeout}
 		}))
 	case *batchMsg:
 		p.onBatch(ctx, &m.batch)
@@ -75,6 +76,13 @@ func (p *partitionActor) Receive(ctx actor.Context) {
 		p.onTick(ctx)
 	case sweepMsg:
 		p.sweep(ctx)
+	case endOffsetsMsg:
+		now := p.engine.now().UnixMilli()
+		for i, end := range m.ends {
+			if end > max(p.next[i], 0) {
+				p.seq.Watermark.Active(i, now)
+			}
+		}
 	case *checkpointRequest:
 		p.ckpt = &pendingCheckpoint{seq: m.seq, replyTo: ctx.Sender()}
 		p.startCheckpoint(ctx)

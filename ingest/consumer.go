@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -428,6 +429,33 @@ func (c *Consumer) CommitOffsets(ctx context.Context, offsets map[int32][NumInpu
 			c.log.Debug("reporting offsets to Kafka failed", "err", err)
 		}
 	})
+}
+
+// EndOffsets returns, per partition and input, the offset after the last
+// record in the log (the high watermark). The engine compares it with what
+// it has read, so that an input with unread records is never taken for an
+// idle one, however slowly it is being fetched.
+func (c *Consumer) EndOffsets(ctx context.Context) (map[int32][NumInputs]int64, error) {
+	inputs := c.cfg.Topics.Inputs()
+	listed, err := kadm.NewClient(c.cl).ListEndOffsets(ctx, inputs[:]...)
+	if err != nil {
+		return nil, fmt.Errorf("listing end offsets: %w", err)
+	}
+	out := make(map[int32][NumInputs]int64, c.cfg.Partitions)
+	for i, topic := range inputs {
+		for p, o := range listed[topic] {
+			if o.Err != nil {
+				continue
+			}
+			ends, ok := out[p]
+			if !ok {
+				ends = [NumInputs]int64{-1, -1, -1, -1}
+			}
+			ends[i] = o.Offset
+			out[p] = ends
+		}
+	}
+	return out, nil
 }
 
 // Close leaves the group and closes the client.
