@@ -1,50 +1,44 @@
 CREATE TABLE IF NOT EXISTS ad_impressions (
-    impression_id VARCHAR(256) NOT NULL,
-    user_id VARCHAR(256) NOT NULL,
+    impression_id VARCHAR(256) COLLATE "C" NOT NULL,
+    user_id VARCHAR(256) COLLATE "C" NOT NULL,
     event_time TIMESTAMPTZ NOT NULL,
-    ad_creative_id VARCHAR(256),
-    campaign_id VARCHAR(256),
-    website VARCHAR(256),
-    auction_id VARCHAR(256),
+    ad_creative_id VARCHAR(256) COLLATE "C",
+    campaign_id VARCHAR(256) COLLATE "C",
+    website VARCHAR(256) COLLATE "C",
+    auction_id VARCHAR(256) COLLATE "C",
     bid_price DOUBLE PRECISION,
     floor_price DOUBLE PRECISION,
-    bid_currency VARCHAR(256),
-    exchange VARCHAR(256),
-    targeting_criteria VARCHAR(65535),
+    bid_currency VARCHAR(256) COLLATE "C",
+    exchange VARCHAR(256) COLLATE "C",
+    targeting_criteria VARCHAR(65535) COLLATE "C",
     PRIMARY KEY (impression_id)
 );
 
-CREATE INDEX IF NOT EXISTS ad_impressions_user_id_idx ON ad_impressions (user_id, event_time);
-
 CREATE TABLE IF NOT EXISTS ad_clicks (
-    click_id VARCHAR(256) NOT NULL,
-    user_id VARCHAR(256) NOT NULL,
+    click_id VARCHAR(256) COLLATE "C" NOT NULL,
+    user_id VARCHAR(256) COLLATE "C" NOT NULL,
     event_time TIMESTAMPTZ NOT NULL,
-    ad_creative_id VARCHAR(256),
-    campaign_id VARCHAR(256),
-    impression_id VARCHAR(256),
+    ad_creative_id VARCHAR(256) COLLATE "C",
+    campaign_id VARCHAR(256) COLLATE "C",
+    impression_id VARCHAR(256) COLLATE "C",
     seconds_since_impression DOUBLE PRECISION,
     PRIMARY KEY (click_id)
 );
 
-CREATE INDEX IF NOT EXISTS ad_clicks_user_id_idx ON ad_clicks (user_id, event_time);
-
 CREATE TABLE IF NOT EXISTS conversion_attributions (
-    conversion_id VARCHAR(256) NOT NULL,
-    user_id VARCHAR(256) NOT NULL,
-    model VARCHAR(32) NOT NULL,
-    touch_type VARCHAR(16) NOT NULL,
-    touch_id VARCHAR(256) NOT NULL,
-    ad_creative_id VARCHAR(256),
-    campaign_id VARCHAR(256),
+    conversion_id VARCHAR(256) COLLATE "C" NOT NULL,
+    user_id VARCHAR(256) COLLATE "C" NOT NULL,
+    model VARCHAR(32) COLLATE "C" NOT NULL,
+    touch_type VARCHAR(16) COLLATE "C" NOT NULL,
+    touch_id VARCHAR(256) COLLATE "C" NOT NULL,
+    ad_creative_id VARCHAR(256) COLLATE "C",
+    campaign_id VARCHAR(256) COLLATE "C",
     touch_time TIMESTAMPTZ,
     conversion_time TIMESTAMPTZ NOT NULL,
-    conversion_type VARCHAR(256),
+    conversion_type VARCHAR(256) COLLATE "C",
     value DOUBLE PRECISION NOT NULL,
-    currency VARCHAR(256),
+    currency VARCHAR(256) COLLATE "C",
     credit DOUBLE PRECISION NOT NULL,
     credited_value DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (conversion_id, model, touch_type, touch_id)
 );
-
-CREATE INDEX IF NOT EXISTS conversion_attributions_user_id_idx ON conversion_attributions (user_id, conversion_time);
