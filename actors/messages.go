@@ -89,6 +89,7 @@ type applyStats struct {
 	late       uint64
 	panics     uint64
 	invalid    uint64
+	organic    uint64 // conversions attributed to no touch
 }
 
 func (s *applyStats) add(o *applyStats) {
@@ -100,4 +101,5 @@ func (s *applyStats) add(o *applyStats) {
 	s.late += o.late
 	s.panics += o.panics
 	s.invalid += o.invalid
+	s.organic += o.organic
 }

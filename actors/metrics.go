@@ -19,6 +19,7 @@ type metrics struct {
 	evicted           prometheus.Counter
 	panics            prometheus.Counter
 	invalid           prometheus.Counter
+	conversions       *prometheus.CounterVec
 	facts             *prometheus.CounterVec
 	checkpointSeconds prometheus.Histogram
 	phaseSeconds      *prometheus.HistogramVec
@@ -57,6 +58,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		invalid: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lookback_apply_invalid_total", Help: "Records the rules refused at application; each was dead-lettered.",
 		}),
+		conversions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lookback_conversions_total", Help: "Conversions attributed, by outcome (attributed to touches, or organic).",
+		}, []string{"outcome"}),
 		facts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lookback_facts_written_total", Help: "Facts durably written to the warehouse, by kind (impression, click, attribution row).",
 		}, []string{"kind"}),
@@ -104,7 +108,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	for _, c := range []prometheus.Collector{
-		m.applied, m.duplicates, m.late, m.evicted, m.panics, m.invalid, m.facts, m.checkpointSeconds,
+		m.applied, m.duplicates, m.late, m.evicted, m.panics, m.invalid, m.conversions, m.facts, m.checkpointSeconds,
 		m.phaseSeconds, m.lastCheckpoint, m.storeErrors, m.backpressure, m.fenced, m.owned, m.activeUsers,
 		m.buffered, m.watermarkLag, m.passivated, m.usersLoaded, m.loadSeconds, m.stateErrors,
 	} {
@@ -126,6 +130,8 @@ func (m *metrics) recordStats(s *applyStats) {
 	m.evicted.Add(float64(s.evicted))
 	m.panics.Add(float64(s.panics))
 	m.invalid.Add(float64(s.invalid))
+	m.conversions.WithLabelValues("organic").Add(float64(s.organic))
+	m.conversions.WithLabelValues("attributed").Add(float64(s.applied[attribution.TypeConversion] - s.organic))
 }
 
 func (m *metrics) recordFacts(f *attribution.Facts) {

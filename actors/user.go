@@ -82,6 +82,11 @@ func (u *userActor) apply(rec *ingest.Record) {
 		u.stats.duplicates++
 	} else {
 		u.stats.applied[rec.Event.Type]++
+		if rec.Event.Type == attribution.TypeConversion {
+			if c := &u.facts.Conversions[len(u.facts.Conversions)-1]; len(c.Path) == 0 {
+				u.stats.organic++
+			}
+		}
 	}
 	u.stats.evicted += uint64(o.Evicted)
 }

@@ -4,7 +4,6 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -211,13 +210,14 @@ func (s *Server) postEvents(w http.ResponseWriter, r *http.Request) {
 	var sendIndex []int
 	for i := range events {
 		if err := events[i].CheckTime(now, s.cfg.MaxFutureSkew); err != nil {
-			rejected = append(rejected, ingest.Rejection{Index: index[i], Error: err.Error()})
+			raw := ingest.AppendEventJSON(nil, &events[i])
+			rejected = append(rejected, ingest.Rejection{Index: index[i], Error: err.Error(), Raw: raw})
 			continue
 		}
 		send = append(send, events[i])
 		sendIndex = append(sendIndex, index[i])
 	}
-	s.deadLetter(r.Context(), body, rejected)
+	s.deadLetter(r.Context(), rejected)
 
 	accepted := 0
 	var kafkaErr error
@@ -242,51 +242,23 @@ func (s *Server) postEvents(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusAccepted, eventsResponse{Accepted: accepted, Rejected: rejected})
 }
 
-// deadLetter sends the rejected elements of a body, with their reasons, to
-// the dead-letter topic. The client has the reasons too; the dead-letter
-// topic is where operators look for every rejected record.
-func (s *Server) deadLetter(ctx context.Context, body []byte, rejected []ingest.Rejection) {
+// deadLetter sends rejected elements, with their reasons, to the
+// dead-letter topic. The client has the reasons too; the dead-letter topic
+// is where operators look for every rejected record.
+func (s *Server) deadLetter(ctx context.Context, rejected []ingest.Rejection) {
 	if len(rejected) == 0 || s.dlq == nil {
 		return
 	}
-	raw := rawElements(body)
 	letters := make([]ingest.DeadLetter, 0, len(rejected))
 	for _, rj := range rejected {
-		var value []byte
-		if rj.Index < len(raw) {
-			value = raw[rj.Index]
-		}
 		letters = append(letters, ingest.DeadLetter{
 			Offset: -1, Source: fmt.Sprintf("http POST /v1/events element %d", rj.Index),
-			Value: value, Err: errors.New(rj.Error),
+			Value: rj.Raw, Err: errors.New(rj.Error),
 		})
 	}
 	if err := s.dlq.Send(ctx, letters); err != nil {
 		s.log.Warn("dead-lettering rejected HTTP events failed", "events", len(letters), "err", err)
 	}
-}
-
-// rawElements splits a body into its elements' bytes (array elements, or
-// NDJSON lines), best effort: it is only used to dead-letter rejects.
-func rawElements(body []byte) [][]byte {
-	trimmed := bytes.TrimSpace(body)
-	if len(trimmed) > 0 && trimmed[0] == '[' {
-		var elems []json.RawMessage
-		if json.Unmarshal(trimmed, &elems) == nil {
-			out := make([][]byte, len(elems))
-			for i, e := range elems {
-				out[i] = e
-			}
-			return out
-		}
-	}
-	var out [][]byte
-	for _, line := range bytes.Split(body, []byte("\n")) {
-		if line = bytes.TrimSpace(line); len(line) > 0 {
-			out = append(out, line)
-		}
-	}
-	return out
 }
 
 func (s *Server) lookup(w http.ResponseWriter, r *http.Request) (*actors.UserView, bool) {
