@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -12,13 +13,46 @@ import (
 )
 
 // userActor owns one user's attribution state.
+//
+// Between a checkpoint and the user's next records the state is kept
+// encoded (cold): the encoding is what the checkpoint just stored, a
+// fraction of the decoded state's memory, and most active users sit idle
+// for most checkpoint intervals. Records decode it again (hot). A cold
+// actor is small: its hot part is allocated only while hot.
 type userActor struct {
 	userID string
-	rules  *attribution.Rules
-	state  attribution.State
-	facts  attribution.Facts // produced since the last flush
-	stats  applyStats
 	env    *partitionEnv
+	cold   []byte    // the encoded state while cold
+	hot    *hotState // while hot
+}
+
+type hotState struct {
+	state attribution.State
+	facts attribution.Facts // produced since the last flush
+	stats applyStats
+}
+
+// warm makes the actor hot, decoding its cold state.
+func (u *userActor) warm() *hotState {
+	if u.hot != nil {
+		return u.hot
+	}
+	u.hot = &hotState{}
+	if u.cold != nil {
+		u.hot.state = u.decodeCold()
+		u.cold = nil
+	}
+	return u.hot
+}
+
+func (u *userActor) decodeCold() attribution.State {
+	var s attribution.State
+	if err := s.UnmarshalBinary(u.cold); err != nil {
+		// The bytes are the actor's own encoding: failing to read them is
+		// a bug, and the node restarts from its checkpoint.
+		panic(fmt.Sprintf("decoding the state of user %q: %v", u.userID, err))
+	}
+	return s
 }
 
 // partitionEnv is what a partition's actors share: read-only after start.
@@ -40,55 +74,68 @@ type deadLetters interface {
 func (u *userActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *applyMsg:
+		h := u.warm()
 		for i := range m.records {
-			u.apply(&m.records[i])
+			u.apply(h, &m.records[i])
 		}
 	case *flushRequest:
-		state, err := u.state.AppendBinary(nil)
-		if err != nil {
-			// Encoding a valid state cannot fail; if it ever does, the
-			// checkpoint must not silently drop this user.
-			panic(fmt.Sprintf("encoding the state of user %q: %v", u.userID, err))
+		reply := &flushReply{userID: u.userID, seq: m.seq, state: u.cold}
+		if h := u.hot; h != nil {
+			enc, err := h.state.AppendBinary(nil)
+			if err != nil {
+				// Encoding a valid state cannot fail; if it ever does,
+				// the checkpoint must not silently drop this user.
+				panic(fmt.Sprintf("encoding the state of user %q: %v", u.userID, err))
+			}
+			// Exactly sized: it stays in memory as the cold copy.
+			reply.state = bytes.Clone(enc)
+			reply.facts, reply.stats = h.facts, h.stats
 		}
-		ctx.Respond(&flushReply{userID: u.userID, seq: m.seq, state: state, facts: u.facts, stats: u.stats})
-		u.facts = attribution.Facts{}
-		u.stats = applyStats{}
+		ctx.Respond(reply)
+		// The checkpoint holds the bytes read-only; the actor keeps them.
+		u.cold, u.hot = reply.state, nil
 	case *userLookup:
-		ctx.Send(m.replyTo, buildView(u.userID, u.rules, &u.state, m.pending))
+		var s attribution.State
+		if u.hot != nil {
+			s = u.hot.state
+		} else if u.cold != nil {
+			s = u.decodeCold()
+		}
+		ctx.Send(m.replyTo, buildView(u.userID, u.env.rules, &s, m.pending))
 	}
 }
 
 // apply applies one record. A record that makes Apply panic is
 // dead-lettered with the reason and the user's state is kept: one bad
 // record must not take a user's history with it.
-func (u *userActor) apply(rec *ingest.Record) {
+func (u *userActor) apply(h *hotState, rec *ingest.Record) {
 	defer func() {
 		if r := recover(); r != nil {
-			u.stats.panics++
+			h.stats.panics++
 			u.env.log.Error("applying a record panicked; dead-lettering it", "user", u.userID,
 				"topic", u.env.topics[rec.Input], "partition", u.env.partition, "offset", rec.Offset, "panic", r)
 			u.deadLetter(rec, fmt.Errorf("panic while applying: %v", r))
 		}
 	}()
-	o, err := u.rules.Apply(&u.state, &rec.Event, &u.facts)
+	o, err := u.env.rules.Apply(&h.state, &rec.Event, &h.facts)
 	if err != nil {
 		// Decoders validate every record, so this is a record that
 		// changed meaning between versions: dead-letter it too.
-		u.stats.invalid++
+		h.stats.invalid++
 		u.deadLetter(rec, err)
 		return
 	}
 	if o.Duplicate {
-		u.stats.duplicates++
+		h.stats.duplicates++
 	} else {
-		u.stats.applied[rec.Event.Type]++
+		h.stats.applied[rec.Event.Type]++
 		if rec.Event.Type == attribution.TypeConversion {
-			if c := &u.facts.Conversions[len(u.facts.Conversions)-1]; len(c.Path) == 0 {
-				u.stats.organic++
+			if c := &h.facts.Conversions[len(h.facts.Conversions)-1]; len(c.Path) == 0 {
+				h.stats.organic++
 			}
 		}
 	}
-	u.stats.evicted += uint64(o.Evicted)
+	h.stats.evicted += uint64(o.Evicted)
 }
 
 func (u *userActor) deadLetter(rec *ingest.Record, cause error) {
