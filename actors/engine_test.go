@@ -34,7 +34,7 @@ func loadVectors(t testing.TB) ([]vector, [][]attribution.Event) {
 	}
 	events := make([][]attribution.Event, len(f.Vectors))
 	for i, v := range f.Vectors {
-		evs, rejected, err := ingest.DecodeEventsJSON(v.Events)
+		evs, rejected, err := ingest.DecodeEventsJSON(v.Events, nil)
 		if err != nil || len(rejected) > 0 {
 			t.Fatalf("vector %q: %v %v", v.Name, err, rejected)
 		}

@@ -189,11 +189,15 @@ func (s *Server) postEvents(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "reading the body: "+err.Error())
 		return
 	}
-	events, rejected, err := ingest.DecodeEventsJSON(body)
+	now := time.Now()
+	events, rejected, err := ingest.DecodeEventsJSON(body, func(ev *attribution.Event) error {
+		return ev.CheckTime(now, s.cfg.MaxFutureSkew)
+	})
 	if err != nil {
 		writeError(w, http.StatusBadRequest, "body is not a JSON array or NDJSON of events: "+err.Error())
 		return
 	}
+	s.deadLetter(r.Context(), rejected)
 	// Positions of the valid events in the body: the indexes not rejected.
 	index := make([]int, 0, len(events))
 	rejectedAt := make(map[int]bool, len(rejected))
@@ -205,26 +209,13 @@ func (s *Server) postEvents(w http.ResponseWriter, r *http.Request) {
 			index = append(index, i)
 		}
 	}
-	now := time.Now()
-	var send []attribution.Event
-	var sendIndex []int
-	for i := range events {
-		if err := events[i].CheckTime(now, s.cfg.MaxFutureSkew); err != nil {
-			raw := ingest.AppendEventJSON(nil, &events[i])
-			rejected = append(rejected, ingest.Rejection{Index: index[i], Error: err.Error(), Raw: raw})
-			continue
-		}
-		send = append(send, events[i])
-		sendIndex = append(sendIndex, index[i])
-	}
-	s.deadLetter(r.Context(), rejected)
 
 	accepted := 0
 	var kafkaErr error
-	for i, err := range s.producer.Produce(r.Context(), send) {
+	for i, err := range s.producer.Produce(r.Context(), events) {
 		if err != nil {
 			kafkaErr = err
-			rejected = append(rejected, ingest.Rejection{Index: sendIndex[i], Error: "not acknowledged by Kafka (retry it): " + err.Error()})
+			rejected = append(rejected, ingest.Rejection{Index: index[i], Error: "not acknowledged by Kafka (retry it): " + err.Error()})
 			continue
 		}
 		accepted++

@@ -83,6 +83,19 @@ func (copartitioned) Balance(cb *kgo.ConsumerBalancer, topics map[string]int32) 
 		members = append(members, mb)
 	})
 	plan := cb.NewPlan()
+	// Only a member that reads every topic can own a partition number:
+	// one that reads fewer (during a rolling change of topic names) would
+	// leave the partitions of the topics it skips to nobody. When no member
+	// reads them all, every member takes what it reads.
+	full := members[:0:0]
+	for _, mb := range members {
+		if readsAll(mb.topics, topics) {
+			full = append(full, mb)
+		}
+	}
+	if len(full) > 0 {
+		members = full
+	}
 	if len(members) == 0 || n == 0 {
 		return plan
 	}
@@ -146,4 +159,20 @@ func (copartitioned) Balance(cb *kgo.ConsumerBalancer, topics map[string]int32) 
 	}
 	plan.AdjustCooperative(cb)
 	return plan
+}
+
+func readsAll(subscribed []string, topics map[string]int32) bool {
+	for topic := range topics {
+		found := false
+		for _, s := range subscribed {
+			if s == topic {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }

@@ -226,7 +226,7 @@ func BenchmarkDecodeEventsJSON(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(body) / len(all)))
 	for b.Loop() {
-		if _, rej, err := DecodeEventsJSON(body); err != nil || rej != nil {
+		if _, rej, err := DecodeEventsJSON(body, nil); err != nil || rej != nil {
 			b.Fatal(err, rej)
 		}
 	}

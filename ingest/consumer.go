@@ -134,6 +134,9 @@ type Consumer struct {
 
 	mu     sync.Mutex
 	paused map[pauseKey]bool
+	// built is closed once cl is set: the client joins the group as soon
+	// as it exists, and its callbacks may run before NewConsumer returns.
+	built chan struct{}
 }
 
 type pauseKey struct {
@@ -148,7 +151,7 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, log *slog.Logger, reg prom
 	}
 	c := &Consumer{
 		cfg: cfg, handler: handler, log: log, now: time.Now,
-		paused: map[pauseKey]bool{},
+		paused: map[pauseKey]bool{}, built: make(chan struct{}),
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lookback_ingest_records_total",
 			Help: "Records read from the input topics, by topic and outcome (ok, dead_letter).",
@@ -193,6 +196,7 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, log *slog.Logger, reg prom
 	if err != nil {
 		return nil, fmt.Errorf("creating the Kafka consumer: %w", err)
 	}
+	close(c.built)
 	c.dlq = NewDeadLetterWriter(c.cl, cfg.Topics.DeadLetter, log, nil)
 	return c, nil
 }
@@ -307,6 +311,11 @@ func (c *Consumer) decodeRecord(input int, rec *kgo.Record, ev *attribution.Even
 // adjustOffsets claims newly assigned partitions through the handler and
 // resumes them from its offsets rather than Kafka's.
 func (c *Consumer) adjustOffsets(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+	select {
+	case <-c.built:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	_, gen := c.cl.GroupMetadata()
 	var parts []int32
 	seen := map[int32]bool{}

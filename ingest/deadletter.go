@@ -2,11 +2,13 @@ package ingest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -61,10 +63,19 @@ func (w *DeadLetterWriter) Send(ctx context.Context, letters []DeadLetter) error
 	pause := 100 * time.Millisecond
 	for {
 		var failed []*kgo.Record
+		tooLarge := false
 		for _, r := range w.cl.ProduceSync(ctx, recs...) {
-			if r.Err != nil {
-				failed = append(failed, r.Record)
+			if r.Err == nil {
+				continue
 			}
+			// The dead-letter topic may take less than MaxDeadLetterBytes:
+			// cut the letter in half until it fits, rather than retry it
+			// forever (the consumer waits for it).
+			if errors.Is(r.Err, kerr.MessageTooLarge) || errors.Is(r.Err, kerr.RecordListTooLarge) {
+				shrink(r.Record)
+				tooLarge = true
+			}
+			failed = append(failed, r.Record)
 		}
 		if len(failed) == 0 {
 			if w.onSent != nil {
@@ -75,6 +86,10 @@ func (w *DeadLetterWriter) Send(ctx context.Context, letters []DeadLetter) error
 		if ctx.Err() != nil {
 			return fmt.Errorf("sending %d dead letters: %w", len(failed), ctx.Err())
 		}
+		recs = failed
+		if tooLarge {
+			continue // retry the cut letters at once
+		}
 		w.log.Warn("dead-letter topic refused records; retrying", "records", len(failed), "retry_in", pause)
 		select {
 		case <-ctx.Done():
@@ -82,8 +97,19 @@ func (w *DeadLetterWriter) Send(ctx context.Context, letters []DeadLetter) error
 		case <-time.After(pause):
 		}
 		pause = min(2*pause, 10*time.Second)
-		recs = failed
 	}
+}
+
+// shrink halves a dead letter's value, recording the original size.
+func shrink(r *kgo.Record) {
+	for _, h := range r.Headers {
+		if h.Key == "original-size" {
+			r.Value = r.Value[:len(r.Value)/2]
+			return
+		}
+	}
+	r.Headers = append(r.Headers, kgo.RecordHeader{Key: "original-size", Value: strconv.AppendInt(nil, int64(len(r.Value)), 10)})
+	r.Value = r.Value[:len(r.Value)/2]
 }
 
 func (w *DeadLetterWriter) record(l *DeadLetter) *kgo.Record {

@@ -277,7 +277,7 @@ func FuzzDecodeEventsJSON(f *testing.F) {
 	f.Add([]byte(`[1,"a",{"type":"bid","auction_details":null},{"type":null}]`))
 	fuzzSeeds(f, "events")
 	f.Fuzz(func(t *testing.T, in []byte) {
-		events, rejected, err := DecodeEventsJSON(in)
+		events, rejected, err := DecodeEventsJSON(in, nil)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error %v is not ErrMalformed", err)
@@ -305,7 +305,7 @@ func FuzzDecodeEventsJSON(f *testing.F) {
 		if len(events) == 0 {
 			return
 		}
-		again, rej, err := DecodeEventsJSON(body)
+		again, rej, err := DecodeEventsJSON(body, nil)
 		if err != nil || len(rej) > 0 || !reflect.DeepEqual(again, events) {
 			t.Fatalf("round trip: %v %v\n%s", err, rej, body)
 		}

@@ -165,7 +165,7 @@ func goldenDecode(t *testing.T, name string, in []byte) []goldenResult {
 			out = append(out, r)
 		}
 	case strings.HasPrefix(name, "events"):
-		events, rejected, err := DecodeEventsJSON(in)
+		events, rejected, err := DecodeEventsJSON(in, nil)
 		if err != nil {
 			return []goldenResult{goldenOf(nil, err)}
 		}

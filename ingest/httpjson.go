@@ -41,7 +41,11 @@ type Rejection struct {
 // array and not starting with an object, or an array with a syntax error.
 // In NDJSON, a line with a syntax error is rejected and decoding goes on at
 // the next line, unless no line at all is JSON.
-func DecodeEventsJSON(body []byte) (events []attribution.Event, rejected []Rejection, err error) {
+//
+// check, if not nil, is applied to every valid event: an event it refuses
+// is rejected with its error, like an invalid one (the API refuses events
+// too far in the future this way, keeping their original bytes).
+func DecodeEventsJSON(body []byte, check func(*attribution.Event) error) (events []attribution.Event, rejected []Rejection, err error) {
 	d := eventsDecoders.Get().(*eventsDecoder)
 	defer d.release()
 	s := &d.body
@@ -68,6 +72,12 @@ func DecodeEventsJSON(body []byte) (events []attribution.Event, rejected []Rejec
 			if err := d.element(body[start:s.pos], &ev); err != nil {
 				reject(i, body[start:s.pos], err)
 				continue
+			}
+			if check != nil {
+				if err := check(&ev); err != nil {
+					reject(i, body[start:s.pos], err)
+					continue
+				}
 			}
 			events = append(events, ev)
 		}
@@ -98,6 +108,12 @@ func DecodeEventsJSON(body []byte) (events []attribution.Event, rejected []Rejec
 			if err := d.element(body[start:s.pos], &ev); err != nil {
 				reject(i, body[start:s.pos], err)
 				continue
+			}
+			if check != nil {
+				if err := check(&ev); err != nil {
+					reject(i, body[start:s.pos], err)
+					continue
+				}
 			}
 			events = append(events, ev)
 		}

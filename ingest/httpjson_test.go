@@ -104,7 +104,7 @@ func TestDecodeEventsJSON(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			events, rejected, err := DecodeEventsJSON([]byte(tc.body))
+			events, rejected, err := DecodeEventsJSON([]byte(tc.body), nil)
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, ErrMalformed) {
 					t.Fatalf("error %v, want %q", err, tc.err)
@@ -140,11 +140,11 @@ func TestDecodeEventsJSON(t *testing.T) {
 
 func TestDecodeEventsJSONRaw(t *testing.T) {
 	bad := `{"type":"click","user_id":""}`
-	_, rej, err := DecodeEventsJSON([]byte("[" + codecClickJSON + ", " + bad + " ]"))
+	_, rej, err := DecodeEventsJSON([]byte("["+codecClickJSON+", "+bad+" ]"), nil)
 	if err != nil || len(rej) != 1 || string(rej[0].Raw) != bad {
 		t.Fatalf("%v %+v", err, rej)
 	}
-	_, rej, err = DecodeEventsJSON([]byte(codecClickJSON + "\n{\"type\": \r\n" + bad + "\r\n"))
+	_, rej, err = DecodeEventsJSON([]byte(codecClickJSON+"\n{\"type\": \r\n"+bad+"\r\n"), nil)
 	if err != nil || len(rej) != 2 || string(rej[0].Raw) != `{"type": ` || string(rej[1].Raw) != bad {
 		t.Fatalf("%v %+v", err, rej)
 	}

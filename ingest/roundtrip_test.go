@@ -78,9 +78,9 @@ func TestRoundTrip(t *testing.T) {
 
 			// HTTP: one element.
 			body := AppendEventJSON(nil, &ev)
-			evs, rej, err := DecodeEventsJSON(body)
+			evs, rej, err := DecodeEventsJSON(body, nil)
 			if err != nil || len(rej) > 0 || len(evs) != 1 {
-				t.Fatalf("DecodeEventsJSON(%s): %v %v %d", body, err, rej, len(evs))
+				t.Fatalf("DecodeEventsJSON(%s, nil): %v %v %d", body, err, rej, len(evs))
 			}
 			check("events JSON", ev, evs[0], body, nil)
 		}
@@ -115,7 +115,7 @@ func TestRoundTripBatches(t *testing.T) {
 		}
 		arr = append(arr, ']')
 		for _, body := range [][]byte{arr, nd} {
-			evs, rej, err := DecodeEventsJSON(body)
+			evs, rej, err := DecodeEventsJSON(body, nil)
 			if err != nil || len(rej) > 0 {
 				t.Fatalf("round %d: %v %v", round, err, rej)
 			}
