@@ -91,7 +91,8 @@ type PartitionBatch struct {
 	// (valid or dead-lettered), or -1 when it read none from that input.
 	Next [NumInputs]int64
 	// Lagging is, per input, whether the log holds records past Next: the
-	// input is behind, not idle.
+	// input is behind, not idle. It is known only for inputs this poll
+	// read; EndOffsets tells it for every input.
 	Lagging [NumInputs]bool
 }
 
@@ -100,7 +101,9 @@ type Handler interface {
 	// Assign is called for newly assigned partitions, before they are
 	// fetched, with the group generation at that moment: it claims them
 	// and returns, per partition and input, the offset to resume from (a
-	// negative one: the start of the log).
+	// negative one: the start of the log). When it fails, the member
+	// rejoins the group: the partitions are reported to Lose first (drop
+	// whatever Assign started), then assigned again.
 	Assign(ctx context.Context, generation int32, partitions []int32) (map[int32][NumInputs]int64, error)
 	// Revoke is called before partitions move to another member; when it
 	// returns, the handler is done with them (final checkpoint written).
