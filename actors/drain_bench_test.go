@@ -27,8 +27,9 @@ func benchEvents() int {
 
 // mixedEvents returns n events of users users: about 40% bids, 35%
 // impressions (most joining a bid), 17% clicks (most naming an
-// impression) and 8% conversions, over the last hours, with UUID-like ids.
-func mixedEvents(seed uint64, n, users int, end time.Time) []attribution.Event {
+// impression) and 8% conversions, or with funnel 60/30/8/2, over the last
+// hours, with UUID-like ids.
+func mixedEvents(seed uint64, n, users int, end time.Time, funnel bool) []attribution.Event {
 	rng := rand.New(rand.NewPCG(seed, 1))
 	span := int64(n) * 10 // ms: 100 events per simulated second
 	base := end.UnixMilli() - span
@@ -45,7 +46,22 @@ func mixedEvents(seed uint64, n, users int, end time.Time) []attribution.Event {
 		creative := fmt.Sprintf("cr-%03d", rng.IntN(200))
 		campaign := fmt.Sprintf("camp-%02d", rng.IntN(40))
 		r := recent[u]
-		switch x := rng.IntN(100); {
+		x := rng.IntN(100)
+		if funnel {
+			// A realistic funnel: most auctions are lost, few impressions
+			// are clicked, fewer convert.
+			switch {
+			case x < 60:
+				x = 0
+			case x < 90:
+				x = 40
+			case x < 98:
+				x = 75
+			default:
+				x = 92
+			}
+		}
+		switch {
 		case x < 40:
 			a := id('a', i)
 			recent[u].auction = a
@@ -80,7 +96,9 @@ func mixedEvents(seed uint64, n, users int, end time.Time) []attribution.Event {
 func BenchmarkDrain(b *testing.B) {
 	n := benchEvents()
 	c := newTestCluster(b, 12)
-	evs := mixedEvents(1, n, n/10, time.Now().Add(-time.Minute))
+	// LOOKBACK_BENCH_MIX=funnel: 60% bids, 30% impressions, 8% clicks, 2%
+	// conversions; LOOKBACK_BENCH_MODELS: the models (default all five).
+	evs := mixedEvents(1, n, n/10, time.Now().Add(-time.Minute), os.Getenv("LOOKBACK_BENCH_MIX") == "funnel")
 	start := time.Now()
 	for i := 0; i < len(evs); i += 50_000 {
 		c.produce(evs[i:min(i+50_000, len(evs))])
@@ -88,6 +106,12 @@ func BenchmarkDrain(b *testing.B) {
 	b.Logf("pre-filled %d events in %s", n, time.Since(start).Round(time.Millisecond))
 	cfg := attribution.DefaultConfig()
 	cfg.Models = attribution.AllModels
+	if m := os.Getenv("LOOKBACK_BENCH_MODELS"); m != "" {
+		var err error
+		if cfg.Models, err = attribution.ParseModels(m); err != nil {
+			b.Fatal(err)
+		}
+	}
 	rules := attribution.MustRules(cfg)
 
 	for b.Loop() {
@@ -99,12 +123,18 @@ func BenchmarkDrain(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		sink, err := persist.OpenSink(context.Background(), testenv.PostgresSchema(b), persist.DefaultSinkConfig())
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := persist.Migrate(context.Background(), sink.Pool(), sink.Dialect()); err != nil {
-			b.Fatal(err)
+		// LOOKBACK_BENCH_SINK=discard measures the engine without the
+		// warehouse.
+		var sink persist.FactSink = discardSink{}
+		if os.Getenv("LOOKBACK_BENCH_SINK") != "discard" {
+			pg, err := persist.OpenSink(context.Background(), testenv.PostgresSchema(b), persist.DefaultSinkConfig())
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := persist.Migrate(context.Background(), pg.Pool(), pg.Dialect()); err != nil {
+				b.Fatal(err)
+			}
+			sink = pg
 		}
 		runtime.GC()
 		b.StartTimer()
