@@ -30,6 +30,7 @@ type serveCmd struct {
 	HTTPAddr           string        `name:"http-addr" help:"HTTP API address." default:":8080"`
 	AdminAddr          string        `help:"Serve health checks and metrics on this address instead of --http-addr."`
 	RedisAddr          string        `help:"Redis for checkpoints (host:port). Empty: a local store under --data-dir."`
+	RedisKeyPrefix     string        `help:"Prefix of every Redis key, so that several deployments (or tests) can share one Redis." default:"lookback"`
 	WarehouseDSN       string        `name:"warehouse-dsn" help:"postgres://... or redshift://... Empty: facts in local files under --data-dir."`
 	DataDir            string        `help:"Where the embedded defaults keep their files." default:"./lookback-data" type:"path"`
 	AllowedLateness    time.Duration `help:"How far the watermark trails the slowest input." default:"10s"`
@@ -42,6 +43,7 @@ type serveCmd struct {
 	ClusterAddr        string        `help:"host:port this node's actor system listens on for other nodes." default:"127.0.0.1:8090"`
 	ClusterPeers       []string      `help:"The --cluster-addr of every member (itself included). Empty: a single node." sep:","`
 	ConsumerGroup      string        `help:"Kafka consumer group of the nodes." default:"lookback"`
+	SessionTimeout     time.Duration `help:"How long the group waits for a silent node before moving its partitions." default:"10s"`
 	SpoolDir           string        `help:"Watch this directory for CSV files to ingest (done/ and failed/ beside them)." type:"path"`
 }
 
@@ -99,6 +101,7 @@ func (c *serveCmd) Run(root *cli) error {
 	ccfg := ingest.DefaultConsumerConfig()
 	ccfg.Brokers, ccfg.Group, ccfg.Topics, ccfg.Partitions = brokers, c.ConsumerGroup, topics, partitions
 	ccfg.MaxFutureSkew, ccfg.BidSchemaIDs, ccfg.ClientID = c.MaxFutureSkew, c.BidSchemaIDs, "lookback-"+c.NodeID
+	ccfg.SessionTimeout = c.SessionTimeout
 
 	// The engine and the consumer need each other: the consumer hands the
 	// engine records, the engine pauses the consumer. The dead-letter
@@ -177,12 +180,15 @@ func (c *serveCmd) openStore(ctx context.Context) (persist.CheckpointStore, erro
 	if c.RedisAddr == "" {
 		return persist.NewFileStore(persist.FileStoreConfig{Dir: filepath.Join(c.DataDir, "checkpoints")})
 	}
-	client := redis.NewClient(&redis.Options{Addr: c.RedisAddr})
+	// No retries in the client: the engine retries failed calls itself,
+	// with backoff and backpressure, and must learn of a failure at once.
+	client := redis.NewClient(&redis.Options{Addr: c.RedisAddr, MaxRetries: -1})
 	if err := client.Ping(ctx).Err(); err != nil {
 		client.Close()
 		return nil, fmt.Errorf("connecting to Redis at %s: %w", c.RedisAddr, err)
 	}
 	cfg := persist.DefaultRedisStoreConfig()
+	cfg.KeyPrefix = c.RedisKeyPrefix
 	store, err := persist.NewRedisStore(client, cfg)
 	if err != nil {
 		client.Close()

@@ -53,6 +53,11 @@ type Config struct {
 	// DependencyTimeout bounds one call to the warehouse or the store; a
 	// call that hangs is abandoned and retried like one that failed.
 	DependencyTimeout time.Duration
+	// MaxWriteRows bounds one warehouse write: a checkpoint with more rows
+	// writes them in several (in order, each idempotent), and consumption
+	// pauses meanwhile, so that the intake never outruns the warehouse and
+	// no write grows past what the dependency timeout allows.
+	MaxWriteRows int
 }
 
 // DefaultConfig returns the defaults (Rules must still be set).
@@ -68,6 +73,7 @@ func DefaultConfig() Config {
 		CheckpointTimeout:  2 * time.Minute,
 		ClaimTimeout:       20 * time.Second,
 		DependencyTimeout:  30 * time.Second,
+		MaxWriteRows:       200_000,
 	}
 }
 
@@ -82,8 +88,8 @@ func (c *Config) Validate() error {
 		return errors.New("attribution rules must be set")
 	case c.CheckpointInterval <= 0, c.TickInterval <= 0, c.PassivateAfter <= 0:
 		return errors.New("checkpoint interval, tick interval and passivation delay must be positive")
-	case c.MaxBufferedRecords < 1:
-		return errors.New("max buffered records must be positive")
+	case c.MaxBufferedRecords < 1, c.MaxWriteRows < 1:
+		return errors.New("max buffered records and max write rows must be positive")
 	case c.LookupTimeout <= 0, c.CheckpointTimeout <= 0, c.ClaimTimeout <= 0, c.DependencyTimeout <= 0:
 		return errors.New("timeouts must be positive")
 	}
@@ -119,7 +125,9 @@ type Engine struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
-	backpressure atomic.Bool
+	// backpressure counts the retry loops now failing (checkpoint phases,
+	// loaders): consumption pauses while it is above zero.
+	backpressure atomic.Int32
 
 	mu         sync.Mutex
 	partitions map[int32]*partitionHandle
@@ -454,9 +462,21 @@ func (e *Engine) checkpoint(ctx context.Context, parts []int32) error {
 	// 2. Facts before offsets: the warehouse first.
 	if facts.Len() > 0 {
 		t := e.now()
-		err := e.retry(ctx, 0, "warehouse", func(ctx context.Context) error { return e.sink.Write(ctx, &facts) })
-		if err != nil {
-			return fmt.Errorf("writing facts: %w", err)
+		chunks := splitFacts(&facts, e.cfg.MaxWriteRows)
+		if len(chunks) > 1 {
+			e.setBackpressure("large checkpoint", true)
+		}
+		for i := range chunks {
+			err := e.retry(ctx, 0, "warehouse", func(ctx context.Context) error { return e.sink.Write(ctx, &chunks[i]) })
+			if err != nil {
+				if len(chunks) > 1 {
+					e.setBackpressure("large checkpoint", false)
+				}
+				return fmt.Errorf("writing facts: %w", err)
+			}
+		}
+		if len(chunks) > 1 {
+			e.setBackpressure("large checkpoint", false)
 		}
 		e.metrics.phaseSeconds.WithLabelValues("warehouse").Observe(e.now().Sub(t).Seconds())
 		e.metrics.recordFacts(&facts)
@@ -552,18 +572,23 @@ func (e *Engine) retry(ctx context.Context, limit time.Duration, what string, fn
 	}
 }
 
+// setBackpressure adds (on) or removes a failing retry loop; consumption
+// pauses while any is failing.
 func (e *Engine) setBackpressure(what string, on bool) {
-	if e.backpressure.Swap(on) == on {
-		return
-	}
-	v := 0.0
+	var n int32
 	if on {
-		v = 1
+		if n = e.backpressure.Add(1); n != 1 {
+			return
+		}
 		e.log.Warn("backpressure: pausing consumption", "cause", what)
+		e.metrics.backpressure.Set(1)
 	} else {
+		if n = e.backpressure.Add(-1); n != 0 {
+			return
+		}
 		e.log.Info("backpressure released: resuming consumption")
+		e.metrics.backpressure.Set(0)
 	}
-	e.metrics.backpressure.Set(v)
 	e.broadcast(tickMsg{}) // apply the pause now, not at the next tick
 }
 
@@ -605,3 +630,53 @@ func (e *Engine) Close() {
 }
 
 func (env *partitionEnv) partitionLabel() string { return strconv.Itoa(int(env.partition)) }
+
+// splitFacts cuts facts into batches of at most about maxRows warehouse
+// rows each (a conversion is never cut), keeping their order: a later
+// fact of an id (an impression joined to a late bid) stays later.
+func splitFacts(f *attribution.Facts, maxRows int) []attribution.Facts {
+	if rows := factRows(f); rows <= maxRows {
+		return []attribution.Facts{*f}
+	}
+	var out []attribution.Facts
+	var cur attribution.Facts
+	n := 0
+	flush := func() {
+		if cur.Len() > 0 {
+			out = append(out, cur)
+			cur, n = attribution.Facts{}, 0
+		}
+	}
+	for i := range f.Impressions {
+		if n >= maxRows {
+			flush()
+		}
+		cur.Impressions = append(cur.Impressions, f.Impressions[i])
+		n++
+	}
+	for i := range f.Clicks {
+		if n >= maxRows {
+			flush()
+		}
+		cur.Clicks = append(cur.Clicks, f.Clicks[i])
+		n++
+	}
+	for i := range f.Conversions {
+		if n >= maxRows {
+			flush()
+		}
+		cur.Conversions = append(cur.Conversions, f.Conversions[i])
+		n += len(f.Conversions[i].Models) * max(1, len(f.Conversions[i].Path))
+	}
+	flush()
+	return out
+}
+
+// factRows is an upper bound of the warehouse rows of facts.
+func factRows(f *attribution.Facts) int {
+	n := len(f.Impressions) + len(f.Clicks)
+	for i := range f.Conversions {
+		n += len(f.Conversions[i].Models) * max(1, len(f.Conversions[i].Path))
+	}
+	return n
+}

@@ -18,6 +18,8 @@ type partitionActor struct {
 	paused  [ingest.NumInputs]bool
 	users   map[string]*userEntry
 	loading map[string]*loadingUser
+	// waiting counts the records in loading, within the memory bound.
+	waiting int
 	loader  *actor.PID
 	ckpt    *pendingCheckpoint
 	stats   applyStats
@@ -75,8 +77,7 @@ func (p *partitionActor) Receive(ctx actor.Context) {
 		p.userProps = actor.PropsFromProducer(func() actor.Actor { return p.nextUser },
 			actor.WithMailbox(actor.UnboundedLockfree()))
 		p.loader = ctx.Spawn(actor.PropsFromProducer(func() actor.Actor {
-			return &loaderActor{ctx: p.engine.ctx, store: p.engine.store, partition: p.env.partition,
-				metrics: p.engine.metrics, env: p.env, timeout: p.engine.cfg.DependencyTimeout}
+			return &loaderActor{engine: p.engine, partition: p.env.partition}
 		}))
 	case *batchMsg:
 		p.onBatch(ctx, &m.batch)
@@ -161,6 +162,7 @@ func (p *partitionActor) route(rec ingest.Record) {
 		p.group[user] = append(p.group[user], rec)
 		return
 	}
+	p.waiting++
 	if l, ok := p.loading[user]; ok {
 		l.records = append(l.records, rec)
 		return
@@ -186,12 +188,13 @@ func (p *partitionActor) dispatch(ctx actor.Context, now int64) {
 }
 
 // updatePauses pauses an input that runs more than the max skew ahead
-// (watermark alignment), every input under backpressure, and, when the
-// buffer is over its bound, every input but the slowest (which must go on
-// for the watermark to move).
+// (watermark alignment); every input under backpressure or while too many
+// records wait for their users' states to load; and, when the buffer is
+// over its bound, every input but the slowest (which must go on for the
+// watermark to move).
 func (p *partitionActor) updatePauses(now int64) {
 	wm := p.seq.Watermark
-	backpressure := p.engine.backpressure.Load()
+	backpressure := p.engine.backpressure.Load() > 0 || p.waiting > p.engine.cfg.MaxBufferedRecords
 	over := p.seq.Buffer.Len() > p.engine.cfg.MaxBufferedRecords
 	slowest := int64(1<<63 - 1)
 	if over {
@@ -315,6 +318,7 @@ func (p *partitionActor) onLoaded(ctx actor.Context, m *loadedMsg) {
 		if l == nil {
 			continue
 		}
+		p.waiting -= len(l.records)
 		var state attribution.State
 		if data := m.states[i]; data != nil {
 			if err := state.UnmarshalBinary(data); err != nil {
@@ -325,18 +329,17 @@ func (p *partitionActor) onLoaded(ctx actor.Context, m *loadedMsg) {
 				state = attribution.State{}
 			}
 		}
-		if state.Empty() && len(l.records) == 0 {
-			// Only lookups, of a user with nothing stored.
-			pending := p.pendingOf(user)
+		if state.Empty() && len(l.records) == 0 && len(p.pendingOf(user)) == 0 {
+			// Only lookups, of a user never seen: no actor for it, so that
+			// lookups of made-up ids cannot fill memory.
 			for _, to := range l.lookups {
-				if len(pending) == 0 {
-					ctx.Send(to, ErrUserNotFound)
-				} else {
-					ctx.Send(to, buildView(user, p.env.rules, &state, pending))
-				}
+				ctx.Send(to, ErrUserNotFound)
 			}
 			continue
 		}
+		// Otherwise the user becomes active, even when only a lookup
+		// loaded it: its buffered records will need it, and its next
+		// lookups must not depend on the store.
 		u := &userEntry{lastActive: now, dirty: len(l.records) > 0}
 		cold := m.states[i]
 		if cold == nil || state.Empty() {

@@ -134,6 +134,7 @@ type Consumer struct {
 	deadLetters *prometheus.CounterVec
 	lag         *prometheus.GaugeVec
 	rebalances  *prometheus.CounterVec
+	pausedGauge prometheus.Gauge
 
 	mu     sync.Mutex
 	paused map[pauseKey]bool
@@ -171,8 +172,12 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, log *slog.Logger, reg prom
 			Name: "lookback_consumer_partitions_total",
 			Help: "Partitions assigned, revoked and lost by rebalances.",
 		}, []string{"event"}),
+		pausedGauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "lookback_consumer_paused_inputs",
+			Help: "Topic-partitions whose fetching is paused (watermark alignment, backpressure, bounded buffers).",
+		}),
 	}
-	for _, col := range []prometheus.Collector{c.records, c.deadLetters, c.lag, c.rebalances} {
+	for _, col := range []prometheus.Collector{c.records, c.deadLetters, c.lag, c.rebalances, c.pausedGauge} {
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("registering consumer metrics: %w", err)
 		}
@@ -189,6 +194,10 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, log *slog.Logger, reg prom
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.FetchMaxWait(cfg.FetchMaxWait),
+		// Bound what one fetch brings (the default is 50 MiB): a pause
+		// (alignment, backpressure) only stops fetches not yet made, so
+		// what is in flight is what still arrives after it.
+		kgo.FetchMaxBytes(8<<20),
 		kgo.SessionTimeout(cfg.SessionTimeout),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.AdjustFetchOffsetsFn(c.adjustOffsets),
@@ -401,8 +410,10 @@ func (c *Consumer) SetPaused(partition int32, input int, paused bool) {
 	tp := map[string][]int32{c.cfg.Topics.Inputs()[input]: {partition}}
 	if paused {
 		c.cl.PauseFetchPartitions(tp)
+		c.pausedGauge.Inc()
 	} else {
 		c.cl.ResumeFetchPartitions(tp)
+		c.pausedGauge.Dec()
 	}
 }
 
@@ -415,6 +426,7 @@ func (c *Consumer) forget(parts []int32) {
 			k := pauseKey{p, i}
 			if c.paused[k] {
 				c.cl.ResumeFetchPartitions(map[string][]int32{c.cfg.Topics.Inputs()[i]: {p}})
+				c.pausedGauge.Dec()
 			}
 			delete(c.paused, k)
 		}
