@@ -5,6 +5,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -24,6 +25,7 @@ type cli struct {
 	IngestCSV ingestCSVCmd `cmd:"" name:"ingest-csv" help:"Produce the clicks or conversions of CSV files to Kafka."`
 	Migrate   migrateCmd   `cmd:"" help:"Create or upgrade the warehouse tables (safe to run twice)."`
 	Broker    brokerCmd    `cmd:"" help:"Run only the embedded Kafka-protocol broker (development and tests)."`
+	Loadtest  loadtestCmd  `cmd:"" help:"Generate traffic with a known answer, then verify lookback's facts and measure it."`
 	Version   versionCmd   `cmd:"" help:"Print the version."`
 }
 
@@ -65,7 +67,7 @@ func main() {
 // exitCode is 2 for rows rejected by ingest-csv (the work was done, with
 // rejects), 1 for failures.
 func exitCode(err error) int {
-	if _, ok := err.(rejectedRowsError); ok {
+	if errors.As(err, new(rejectedRowsError)) {
 		return 2
 	}
 	return 1

@@ -1,4 +1,4 @@
-package attribution
+package attribution_test
 
 import (
 	"fmt"
@@ -11,12 +11,19 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lookback-dev/lookback/attribution"
+	"github.com/lookback-dev/lookback/loadtest"
 )
 
 // The property test: random event streams delivered through a Sequencer in
 // random interleavings of the four inputs, applied with Rules.Apply, must
 // give exactly the facts of a naive oracle written from the spec text
 // (shared/spec/attribution.md), and the same facts for any interleaving.
+//
+// The oracle is loadtest.Expect, shared with the load test, which checks
+// the running engine's warehouse against it: this file is an external test
+// package so that the oracle cannot lean on the package's internals.
 //
 // Reproduce one stream with ATTRIBUTION_PROP_STREAM=<index> (verbose dump);
 // run more streams with ATTRIBUTION_PROP_STREAMS=<n>.
@@ -48,7 +55,7 @@ func TestPropertyOracle(t *testing.T) {
 		if only != "" {
 			t.Logf("stream %d:\n%s", i, st.describe())
 		}
-		r, err := NewRules(st.cfg)
+		r, err := attribution.NewRules(st.cfg)
 		if err != nil {
 			fail("config: %v", err)
 		}
@@ -63,16 +70,16 @@ func TestPropertyOracle(t *testing.T) {
 		if !reflect.DeepEqual(got1.facts, got2.facts) {
 			fail("two interleavings gave different facts:\n%s\nvs\n%s", dumpFacts(got1.facts), dumpFacts(got2.facts))
 		}
-		want := runOracle(st.cfg, st.events)
+		want := loadtest.Expect(st.cfg, st.events)
 		if msg := compareWithOracle(got1, want); msg != "" {
 			fail("implementation and oracle disagree: %s\nfacts:\n%s", msg, dumpFacts(got1.facts))
 		}
 		stats.events += len(st.events)
-		stats.dups += want.dups
-		stats.evicted += want.evicted
-		stats.joins += want.bidJoins
-		stats.convs += len(want.rows)
-		stats.organic += want.organic
+		stats.dups += want.Duplicates
+		stats.evicted += want.Evictions
+		stats.joins += want.BidJoins
+		stats.convs += want.Conversions
+		stats.organic += want.Organic
 	}
 	t.Logf("seed %#x: %d streams, %d records, %d duplicates, %d evictions, %d bid joins, %d conversions (%d organic)",
 		propSeed, n-first, stats.events, stats.dups, stats.evicted, stats.joins, stats.convs, stats.organic)
@@ -81,32 +88,32 @@ func TestPropertyOracle(t *testing.T) {
 // stream is one generated test case: a config and every record sent
 // (duplicates included), and the sequencer's lateness.
 type stream struct {
-	cfg      Config
+	cfg      attribution.Config
 	lateness time.Duration
-	events   []Event
+	events   []attribution.Event
 }
 
 func (st *stream) describe() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "config: windows %v/%v campaigns %v models %v half life %v max touches %d; lateness %v\n",
 		st.cfg.Windows.Click, st.cfg.Windows.View, st.cfg.CampaignWindows, st.cfg.Models, st.cfg.HalfLife, st.cfg.MaxTouchesPerUser, st.lateness)
-	evs := append([]Event(nil), st.events...)
-	sort.SliceStable(evs, func(i, j int) bool { return oracleLess(&evs[i], &evs[j]) })
+	evs := append([]attribution.Event(nil), st.events...)
+	sort.SliceStable(evs, func(i, j int) bool { return loadtest.OracleLess(&evs[i], &evs[j]) })
 	for _, e := range evs {
 		fmt.Fprintf(&b, "  %s\n", describeEvent(&e))
 	}
 	return b.String()
 }
 
-func describeEvent(e *Event) string {
-	s := fmt.Sprintf("%s %s %-10s t=%s(%d) cr=%s ca=%s", e.UserID, e.Type, e.ID, FormatTime(e.Time), e.Time-T0, e.CreativeID, e.CampaignID)
+func describeEvent(e *attribution.Event) string {
+	s := fmt.Sprintf("%s %s %-10s t=%s(%d) cr=%s ca=%s", e.UserID, e.Type, e.ID, attribution.FormatTime(e.Time), e.Time-attribution.T0, e.CreativeID, e.CampaignID)
 	if e.AuctionID != "" {
 		s += " auction=" + e.AuctionID
 	}
 	if e.ImpressionID != "" {
 		s += " names=" + e.ImpressionID
 	}
-	if e.Type == TypeConversion {
+	if e.Type == attribution.TypeConversion {
 		s += fmt.Sprintf(" value=%v %s", e.Value, e.Currency)
 	}
 	if e.Bid != nil {
@@ -115,7 +122,7 @@ func describeEvent(e *Event) string {
 	return s
 }
 
-func dumpFacts(f *Facts) string {
+func dumpFacts(f *attribution.Facts) string {
 	var b strings.Builder
 	for _, x := range f.Impressions {
 		fmt.Fprintf(&b, "  imp %+v", x)
@@ -140,24 +147,24 @@ func dumpFacts(f *Facts) string {
 // before or after them, and sometimes a small touch cap.
 func genStream(rng *rand.Rand) *stream {
 	pick := func(xs ...time.Duration) time.Duration { return xs[rng.IntN(len(xs))] }
-	cfg := DefaultConfig()
-	models := append([]Model(nil), AllModels...)
+	cfg := attribution.DefaultConfig()
+	models := append([]attribution.Model(nil), attribution.AllModels...)
 	rng.Shuffle(len(models), func(i, j int) { models[i], models[j] = models[j], models[i] })
 	if rng.IntN(4) == 0 {
 		models = models[:1+rng.IntN(len(models))]
 	}
 	cfg.Models = models
 	if rng.IntN(3) == 0 {
-		cfg.Windows = Windows{Click: pick(day, 2*day, 7*day), View: pick(hour, 6*hour, 24*hour)}
+		cfg.Windows = attribution.Windows{Click: pick(day, 2*day, 7*day), View: pick(hour, 6*hour, 24*hour)}
 	}
 	cfg.HalfLife = pick(7*day, 7*day, day, 3*hour)
 	campaigns := []string{"ca0", "ca1", "ca2", "ca3"}
 	for _, c := range campaigns[:3] {
 		if rng.IntN(5) < 2 {
 			if cfg.CampaignWindows == nil {
-				cfg.CampaignWindows = map[string]Windows{}
+				cfg.CampaignWindows = map[string]attribution.Windows{}
 			}
-			cfg.CampaignWindows[c] = Windows{Click: pick(0, 30*time.Minute, 12*hour, 3*day, 10*day), View: pick(0, 10*time.Minute, 2*hour, 48*hour)}
+			cfg.CampaignWindows[c] = attribution.Windows{Click: pick(0, 30*time.Minute, 12*hour, 3*day, 10*day), View: pick(0, 10*time.Minute, 2*hour, 48*hour)}
 		}
 	}
 	if rng.IntN(2) == 0 {
@@ -167,9 +174,9 @@ func genStream(rng *rand.Rand) *stream {
 
 	users := []string{"u0", "u1", "u2", "u3"}[:1+rng.IntN(4)]
 	span := pick(5*time.Minute, 2*hour, day, 3*day, 10*day).Milliseconds()
-	base := T0 + rng.Int64N(day.Milliseconds())
+	base := attribution.T0 + rng.Int64N(day.Milliseconds())
 	n := 5 + rng.IntN(36)
-	var evs []Event
+	var evs []attribution.Event
 	seq := 0
 	newID := func(prefix string) string {
 		seq++
@@ -190,7 +197,7 @@ func genStream(rng *rand.Rand) *stream {
 			return evs[rng.IntN(len(evs))].Time
 		case k < 9 && len(touches) > 0: // a window edge of an earlier touch
 			tc := &evs[touches[rng.IntN(len(touches))]]
-			return tc.Time + oracleWindow(&cfg, tc.Type, tc.CampaignID) + rng.Int64N(2)
+			return tc.Time + window(&cfg, tc.Type, tc.CampaignID) + rng.Int64N(2)
 		}
 		return base + rng.Int64N(span+1)
 	}
@@ -199,13 +206,13 @@ func genStream(rng *rand.Rand) *stream {
 		ts := timeOf()
 		switch k := rng.IntN(20); {
 		case k < 6: // impression, maybe with an auction and its bid
-			e := Event{Type: TypeImpression, UserID: user, ID: newID("i"), Time: ts,
+			e := attribution.Event{Type: attribution.TypeImpression, UserID: user, ID: newID("i"), Time: ts,
 				CreativeID: "cr" + strconv.Itoa(rng.IntN(3)), CampaignID: campaigns[rng.IntN(4)], Website: "site" + strconv.Itoa(rng.IntN(2)) + ".example"}
 			if rng.IntN(2) == 0 {
 				seq++
 				e.AuctionID = "a" + strconv.Itoa(seq)
 				if rng.IntN(10) < 7 {
-					vw := oracleWindow(&cfg, TypeImpression, e.CampaignID)
+					vw := window(&cfg, attribution.TypeImpression, e.CampaignID)
 					var d int64
 					switch rng.IntN(6) {
 					case 0:
@@ -228,13 +235,13 @@ func genStream(rng *rand.Rand) *stream {
 			evs = append(evs, e)
 			touches = append(touches, len(evs)-1)
 		case k < 11: // click
-			e := Event{Type: TypeClick, UserID: user, ID: newID("k"), Time: ts,
+			e := attribution.Event{Type: attribution.TypeClick, UserID: user, ID: newID("k"), Time: ts,
 				CreativeID: "cr" + strconv.Itoa(rng.IntN(3)), CampaignID: campaigns[rng.IntN(4)]}
 			switch m := rng.IntN(20); {
 			case m < 8: // names an impression, often of the same user
 				var imps []string
 				for _, ti := range touches {
-					if tc := &evs[ti]; tc.Type == TypeImpression && tc.ID != "" && (tc.UserID == user || m == 0) {
+					if tc := &evs[ti]; tc.Type == attribution.TypeImpression && tc.ID != "" && (tc.UserID == user || m == 0) {
 						imps = append(imps, tc.ID)
 					}
 				}
@@ -247,7 +254,7 @@ func genStream(rng *rand.Rand) *stream {
 			evs = append(evs, e)
 			touches = append(touches, len(evs)-1)
 		case k < 16: // conversion
-			e := Event{Type: TypeConversion, UserID: user, ID: newID("v"), Time: ts,
+			e := attribution.Event{Type: attribution.TypeConversion, UserID: user, ID: newID("v"), Time: ts,
 				ConversionType: []string{"purchase", "signup"}[rng.IntN(2)],
 				Value:          float64(rng.IntN(50000)) / 100, Currency: []string{"usd", "EUR", ""}[rng.IntN(3)]}
 			evs = append(evs, e)
@@ -260,7 +267,7 @@ func genStream(rng *rand.Rand) *stream {
 	for i := range evs {
 		evs[i].Normalize()
 	}
-	all := append([]Event(nil), evs...)
+	all := append([]attribution.Event(nil), evs...)
 	for _, e := range evs {
 		if rng.IntN(10) == 0 {
 			all = append(all, e)
@@ -270,15 +277,15 @@ func genStream(rng *rand.Rand) *stream {
 	return st
 }
 
-func genBid(rng *rand.Rand, user, auction string, ts int64) Event {
-	return Event{Type: TypeBid, UserID: user, ID: auction, Time: ts, CreativeID: "cr0", CampaignID: "ca0", Website: "site0.example",
-		Bid: &Bid{FloorPrice: float64(rng.IntN(100)) / 100, BidPrice: float64(rng.IntN(500)) / 100, Currency: "usd",
+func genBid(rng *rand.Rand, user, auction string, ts int64) attribution.Event {
+	return attribution.Event{Type: attribution.TypeBid, UserID: user, ID: auction, Time: ts, CreativeID: "cr0", CampaignID: "ca0", Website: "site0.example",
+		Bid: &attribution.Bid{FloorPrice: float64(rng.IntN(100)) / 100, BidPrice: float64(rng.IntN(500)) / 100, Currency: "usd",
 			Exchange: "adx", Criteria: []string{"c" + strconv.Itoa(rng.IntN(3))}}}
 }
 
 // delivered is what one delivery of a stream produced.
 type delivered struct {
-	facts    *Facts
+	facts    *attribution.Facts
 	dups     int
 	evicted  int
 	err      string
@@ -292,11 +299,11 @@ type delivered struct {
 // (a consumer that knows it lags), and an input running ahead is paused.
 // No record may be late; released records must come in (time, type, id)
 // order.
-func deliver(r *Rules, st *stream, rng *rand.Rand) *delivered {
-	out := &delivered{facts: &Facts{}}
+func deliver(r *attribution.Rules, st *stream, rng *rand.Rand) *delivered {
+	out := &delivered{facts: &attribution.Facts{}}
 	lateness := st.lateness.Milliseconds()
 	type rec struct {
-		ev  Event
+		ev  attribution.Event
 		key int64
 	}
 	var queues [4][]rec
@@ -309,20 +316,20 @@ func deliver(r *Rules, st *stream, rng *rand.Rand) *delivered {
 	for i := range queues {
 		sort.SliceStable(queues[i], func(a, b int) bool { return queues[i][a].key < queues[i][b].key })
 	}
-	states := map[string]*State{}
-	var last *Event
-	apply := func(ev *Event) {
+	states := map[string]*attribution.State{}
+	var last *attribution.Event
+	apply := func(ev *attribution.Event) {
 		if out.err != "" {
 			return
 		}
-		if last != nil && Less(ev, last) {
+		if last != nil && attribution.Less(ev, last) {
 			out.err = fmt.Sprintf("released out of order: %s after %s", describeEvent(ev), describeEvent(last))
 		}
 		cp := *ev
 		last = &cp
 		s := states[ev.UserID]
 		if s == nil {
-			s = &State{}
+			s = &attribution.State{}
 			states[ev.UserID] = s
 		}
 		o, err := r.Apply(s, ev, out.facts)
@@ -336,9 +343,9 @@ func deliver(r *Rules, st *stream, rng *rand.Rand) *delivered {
 		out.evicted += o.Evicted
 		out.released++
 	}
-	wm := WatermarkConfig{AllowedLateness: st.lateness, IdleTimeout: 5 * time.Second, MaxSkew: 5 * time.Minute}
+	wm := attribution.WatermarkConfig{AllowedLateness: st.lateness, IdleTimeout: 5 * time.Second, MaxSkew: 5 * time.Minute}
 	now := start + rng.Int64N(60_000)
-	seq := NewSequencer(4, wm, now)
+	seq := attribution.NewSequencer(4, wm, now)
 	var pos [4]int64
 	for {
 		var ready, all []int
@@ -361,7 +368,7 @@ func deliver(r *Rules, st *stream, rng *rand.Rand) *delivered {
 		queues[i] = queues[i][1:]
 		pos[i]++
 		if seq.Add(i, pos[i], &ev, now) {
-			out.err = fmt.Sprintf("record late: %s (watermark %d)", describeEvent(&ev), seq.Watermark.Current()-T0)
+			out.err = fmt.Sprintf("record late: %s (watermark %d)", describeEvent(&ev), seq.Watermark.Current()-attribution.T0)
 			return out
 		}
 		switch k := rng.IntN(20); {
@@ -399,316 +406,75 @@ func deliver(r *Rules, st *stream, rng *rand.Rand) *delivered {
 	return out
 }
 
-// ---- The oracle ----
-//
-// Written from the spec text, deliberately naive: sort everything, drop
-// duplicates, and simulate each user with plain slices.
+// Durations of the generated streams.
+const (
+	hour = time.Hour
+	day  = 24 * time.Hour
+)
 
-// oracleLess: "ordered by time, then bid, impression, click, conversion,
-// then id" (byte order).
-func oracleLess(a, b *Event) bool {
-	rank := map[Type]int{TypeBid: 0, TypeImpression: 1, TypeClick: 2, TypeConversion: 3}
-	if a.Time != b.Time {
-		return a.Time < b.Time
+// window is a touch's lookback window in milliseconds (the oracle's
+// reading of the config), for drawing window edges.
+func window(cfg *attribution.Config, typ attribution.Type, campaign string) int64 {
+	return loadtest.Window(cfg, typ, campaign).Milliseconds()
+}
+
+// inputOf is the input (topic) a record of type t arrives on.
+func inputOf(t attribution.Type) int { return int(t) - 1 }
+
+// pathIDs lists the ids of a conversion fact's path, oldest first.
+func pathIDs(f *attribution.ConversionFact) []string {
+	ids := make([]string, 0, len(f.Path))
+	for _, p := range f.Path {
+		ids = append(ids, p.ID)
 	}
-	if rank[a.Type] != rank[b.Type] {
-		return rank[a.Type] < rank[b.Type]
-	}
-	return a.ID < b.ID
-}
-
-// oracleWindow: the global window of the touch's type, unless its campaign
-// overrides it with a non-zero value.
-func oracleWindow(cfg *Config, typ Type, campaign string) int64 {
-	w := cfg.Windows.View
-	if typ == TypeClick {
-		w = cfg.Windows.Click
-	}
-	if o, ok := cfg.CampaignWindows[campaign]; ok {
-		if typ == TypeClick && o.Click != 0 {
-			w = o.Click
-		}
-		if typ == TypeImpression && o.View != 0 {
-			w = o.View
-		}
-	}
-	return w.Milliseconds()
-}
-
-type oTouch struct {
-	typ                  Type
-	id                   string
-	time, window         int64
-	creative, campaign   string
-	auction, website     string // impressions
-	joinedBid, hasAuctio bool
-}
-
-type oBid struct {
-	id   string
-	time int64
-	bid  *Bid
-}
-
-type oUser struct {
-	touches []*oTouch // in (time, id) order
-	bids    []*oBid   // in application order
-	latest  int64
-}
-
-// oracleMaxView is the longest view window of any campaign: how long a bid
-// is kept for impressions to join it.
-func oracleMaxView(cfg *Config) int64 {
-	w := cfg.Windows.View
-	for _, o := range cfg.CampaignWindows {
-		w = max(w, o.View)
-	}
-	return w.Milliseconds()
-}
-
-type oracleResult struct {
-	impressions map[string]ImpressionFact // user/id -> the last fact
-	nImpFacts   int
-	clicks      map[string]ClickFact // user/id
-	rows        map[string][]AttributionRow
-	dups        int
-	evicted     int
-	bidJoins    int
-	organic     int
-}
-
-func runOracle(cfg Config, events []Event) *oracleResult {
-	res := &oracleResult{impressions: map[string]ImpressionFact{}, clicks: map[string]ClickFact{}, rows: map[string][]AttributionRow{}}
-	evs := append([]Event(nil), events...)
-	sort.SliceStable(evs, func(i, j int) bool { return oracleLess(&evs[i], &evs[j]) })
-	users := map[string]*oUser{}
-	seen := map[string]bool{}
-	for k := range evs {
-		e := &evs[k]
-		u := users[e.UserID]
-		if u == nil {
-			u = &oUser{}
-			users[e.UserID] = u
-		}
-		key := e.UserID + "\x00" + e.Type.String() + "\x00" + e.ID
-		if seen[key] {
-			res.dups++
-			continue
-		}
-		seen[key] = true
-		// Retention: a touch is kept until latest - window passes its time.
-		u.latest = e.Time
-		kept := u.touches[:0]
-		for _, tc := range u.touches {
-			if u.latest-tc.window <= tc.time {
-				kept = append(kept, tc)
-			}
-		}
-		u.touches = kept
-		keptBids := u.bids[:0]
-		for _, b := range u.bids {
-			if u.latest-oracleMaxView(&cfg) <= b.time {
-				keptBids = append(keptBids, b)
-			}
-		}
-		u.bids = keptBids
-
-		switch e.Type {
-		case TypeBid:
-			// The bid may come after its impressions: it joins every kept
-			// one that names it and has not joined yet.
-			for _, tc := range u.touches {
-				if tc.typ == TypeImpression && tc.auction == e.ID && !tc.joinedBid && absDiff(tc.time, e.Time) <= tc.window {
-					tc.joinedBid = true
-					res.impressions[e.UserID+"/"+tc.id] = ImpressionFact{ImpressionID: tc.id, UserID: e.UserID, Time: tc.time,
-						CreativeID: tc.creative, CampaignID: tc.campaign, Website: tc.website, AuctionID: e.ID, Bid: e.Bid}
-					res.nImpFacts++
-					res.bidJoins++
-				}
-			}
-			// Bids are kept for the longest view window, at most
-			// MaxTouchesPerUser of them, the oldest evicted first.
-			u.bids = append(u.bids, &oBid{id: e.ID, time: e.Time, bid: e.Bid})
-			if len(u.bids) > cfg.MaxTouchesPerUser {
-				oldest := 0
-				for i, b := range u.bids {
-					if b.time < u.bids[oldest].time {
-						oldest = i
-					}
-				}
-				u.bids = append(u.bids[:oldest], u.bids[oldest+1:]...)
-				res.evicted++
-			}
-		case TypeImpression:
-			tc := &oTouch{typ: TypeImpression, id: e.ID, time: e.Time, window: oracleWindow(&cfg, TypeImpression, e.CampaignID),
-				creative: e.CreativeID, campaign: e.CampaignID, auction: e.AuctionID, website: e.Website}
-			f := ImpressionFact{ImpressionID: e.ID, UserID: e.UserID, Time: e.Time, CreativeID: e.CreativeID,
-				CampaignID: e.CampaignID, Website: e.Website, AuctionID: e.AuctionID}
-			if e.AuctionID != "" {
-				for _, b := range u.bids {
-					if b.id == e.AuctionID && absDiff(e.Time, b.time) <= tc.window {
-						f.Bid, tc.joinedBid = b.bid, true
-						res.bidJoins++
-					}
-				}
-			}
-			res.impressions[e.UserID+"/"+e.ID] = f
-			res.nImpFacts++
-			res.addTouch(&cfg, u, tc)
-		case TypeClick:
-			f := ClickFact{ClickID: e.ID, UserID: e.UserID, Time: e.Time, CreativeID: e.CreativeID, CampaignID: e.CampaignID, ImpressionID: e.ImpressionID}
-			window := oracleWindow(&cfg, TypeClick, e.CampaignID)
-			var joined *oTouch
-			for _, tc := range u.touches {
-				if tc.typ != TypeImpression {
-					continue
-				}
-				if e.ImpressionID != "" {
-					if tc.id == e.ImpressionID {
-						joined = tc
-					}
-				} else if tc.creative == e.CreativeID && tc.time <= e.Time && e.Time-tc.time <= window {
-					joined = tc // touches are in (time, id) order: the last match is the latest
-				}
-			}
-			if joined != nil {
-				f.ImpressionID, f.Joined, f.SinceImpression = joined.id, true, e.Time-joined.time
-			}
-			res.clicks[e.UserID+"/"+e.ID] = f
-			res.addTouch(&cfg, u, &oTouch{typ: TypeClick, id: e.ID, time: e.Time, window: window, creative: e.CreativeID, campaign: e.CampaignID})
-		case TypeConversion:
-			var path []*oTouch
-			for _, typ := range []Type{TypeClick, TypeImpression} {
-				for _, tc := range u.touches {
-					if tc.typ == typ && tc.time <= e.Time && e.Time-tc.time <= tc.window {
-						path = append(path, tc)
-					}
-				}
-				if len(path) > 0 {
-					break // clicks beat views
-				}
-			}
-			if len(path) == 0 {
-				res.organic++
-			}
-			res.rows[e.UserID+"/"+e.ID] = oracleRows(&cfg, e, path)
-		}
-	}
-	return res
-}
-
-func (res *oracleResult) addTouch(cfg *Config, u *oUser, tc *oTouch) {
-	u.touches = append(u.touches, tc)
-	sort.SliceStable(u.touches, func(i, j int) bool {
-		a, b := u.touches[i], u.touches[j]
-		if a.time != b.time {
-			return a.time < b.time
-		}
-		return a.id < b.id
-	})
-	for len(u.touches) > cfg.MaxTouchesPerUser {
-		u.touches = u.touches[1:] // oldest first
-		res.evicted++
-	}
-}
-
-func oracleRows(cfg *Config, e *Event, path []*oTouch) []AttributionRow {
-	var rows []AttributionRow
-	n := len(path)
-	for _, m := range cfg.Models {
-		row := AttributionRow{ConversionID: e.ID, UserID: e.UserID, Model: m, ConversionTime: e.Time,
-			ConversionType: e.ConversionType, Value: e.Value, Currency: e.Currency}
-		if n == 0 {
-			row.TouchType, row.Credit, row.CreditedValue = TypeNone, 1, e.Value
-			rows = append(rows, row)
-			continue
-		}
-		credit := make([]float64, n)
-		switch m {
-		case LastTouch:
-			credit[n-1] = 1
-		case FirstTouch:
-			credit[0] = 1
-		case Linear:
-			for i := range credit {
-				credit[i] = 1 / float64(n)
-			}
-		case TimeDecay:
-			hl := float64(cfg.HalfLife.Milliseconds())
-			sum := 0.0
-			for i, tc := range path {
-				credit[i] = math.Pow(2, -float64(e.Time-tc.time)/hl)
-				sum += credit[i]
-			}
-			for i := range credit {
-				credit[i] /= sum
-			}
-		case PositionBased:
-			switch n {
-			case 1:
-				credit[0] = 1
-			case 2:
-				credit[0], credit[1] = 0.5, 0.5
-			default:
-				for i := range credit {
-					credit[i] = 0.2 / float64(n-2)
-				}
-				credit[0], credit[n-1] = 0.4, 0.4
-			}
-		}
-		for i, tc := range path {
-			if credit[i] == 0 {
-				continue
-			}
-			r := row
-			r.TouchType, r.TouchID, r.TouchTime, r.CreativeID, r.CampaignID = tc.typ, tc.id, tc.time, tc.creative, tc.campaign
-			r.Credit, r.CreditedValue = credit[i], e.Value*credit[i]
-			rows = append(rows, r)
-		}
-	}
-	return rows
-}
-
-func absDiff(a, b int64) int64 {
-	if a > b {
-		return a - b
-	}
-	return b - a
+	return ids
 }
 
 // compareWithOracle returns "" when the delivered facts are the oracle's.
-func compareWithOracle(got *delivered, want *oracleResult) string {
+// Facts are keyed by user and id: the streams reuse ids across users.
+func compareWithOracle(got *delivered, want *loadtest.Expected) string {
 	f := got.facts
 	// Impressions: sinks key them by id, a later fact replacing an
 	// earlier one; compare the final fact of each, and how many there are.
-	imps := map[string]ImpressionFact{}
+	imps := map[string]attribution.ImpressionFact{}
 	for _, x := range f.Impressions {
 		imps[x.UserID+"/"+x.ImpressionID] = x
 	}
-	if len(imps) != len(want.impressions) || len(f.Impressions) != want.nImpFacts {
-		return fmt.Sprintf("%d impression facts for %d impressions, oracle %d for %d", len(f.Impressions), len(imps), want.nImpFacts, len(want.impressions))
+	if len(imps) != len(want.Impressions) || len(f.Impressions) != want.ImpressionFacts {
+		return fmt.Sprintf("%d impression facts for %d impressions, oracle %d for %d", len(f.Impressions), len(imps), want.ImpressionFacts, len(want.Impressions))
 	}
-	for k, w := range want.impressions {
+	for _, w := range want.Impressions {
+		k := w.UserID + "/" + w.ImpressionID
 		g, ok := imps[k]
 		if !ok || !reflect.DeepEqual(g, w) {
 			return fmt.Sprintf("impression %s: got %+v (bid %v), oracle %+v (bid %v)", k, g, g.Bid, w, w.Bid)
 		}
 	}
-	if len(f.Clicks) != len(want.clicks) {
-		return fmt.Sprintf("%d click facts, oracle %d", len(f.Clicks), len(want.clicks))
+	wantClicks := map[string]attribution.ClickFact{}
+	for _, w := range want.Clicks {
+		wantClicks[w.UserID+"/"+w.ClickID] = w
+	}
+	if len(f.Clicks) != len(wantClicks) {
+		return fmt.Sprintf("%d click facts, oracle %d", len(f.Clicks), len(wantClicks))
 	}
 	for _, g := range f.Clicks {
-		if w, ok := want.clicks[g.UserID+"/"+g.ClickID]; !ok || g != w {
+		if w, ok := wantClicks[g.UserID+"/"+g.ClickID]; !ok || g != w {
 			return fmt.Sprintf("click %s/%s: got %+v, oracle %+v", g.UserID, g.ClickID, g, w)
 		}
 	}
-	if len(f.Conversions) != len(want.rows) {
-		return fmt.Sprintf("%d conversion facts, oracle %d", len(f.Conversions), len(want.rows))
+	// The oracle's rows come conversion by conversion, in AppendRows order.
+	wantRows := map[string][]attribution.AttributionRow{}
+	for _, r := range want.Attributions {
+		k := r.UserID + "/" + r.ConversionID
+		wantRows[k] = append(wantRows[k], r)
+	}
+	if len(f.Conversions) != len(wantRows) || len(wantRows) != want.Conversions {
+		return fmt.Sprintf("%d conversion facts, oracle %d (%d with rows)", len(f.Conversions), want.Conversions, len(wantRows))
 	}
 	for i := range f.Conversions {
 		c := &f.Conversions[i]
 		k := c.UserID + "/" + c.ID
-		w, ok := want.rows[k]
+		w, ok := wantRows[k]
 		if !ok {
 			return "unexpected conversion " + k
 		}
@@ -727,8 +493,8 @@ func compareWithOracle(got *delivered, want *oracleResult) string {
 			}
 		}
 	}
-	if got.dups != want.dups || got.evicted != want.evicted {
-		return fmt.Sprintf("%d duplicates and %d evictions, oracle %d and %d", got.dups, got.evicted, want.dups, want.evicted)
+	if got.dups != want.Duplicates || got.evicted != want.Evictions {
+		return fmt.Sprintf("%d duplicates and %d evictions, oracle %d and %d", got.dups, got.evicted, want.Duplicates, want.Evictions)
 	}
 	return ""
 }
