@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -60,6 +61,9 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// testLog is a logger for test-side clients (their logs are noise).
+func testLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
 // checkFor polls fn every `every` until it returns nil or total has passed.
 func checkFor(t testing.TB, total, every time.Duration, fn func() error) {
 	t.Helper()
@@ -110,7 +114,7 @@ func startProc(t testing.TB, name string, args ...string) *proc {
 			<-p.done
 		}
 		if t.Failed() {
-			t.Logf("--- %s log (last 40 lines) ---\n%s", name, p.tail(40))
+			t.Logf("--- %s log (last 40 lines) ---\n%s", name, p.tail(envInt("LOOKBACK_TEST_LOG_LINES", 40)))
 		}
 	})
 	return p
