@@ -147,7 +147,7 @@ func (p *partitionActor) onTick(ctx actor.Context) {
 // release hands every record the watermark has passed to its user, then
 // re-evaluates which inputs to pause.
 func (p *partitionActor) release(ctx actor.Context, now int64) {
-	p.seq.ReleaseRecords(now, func(input int, pos int64, ev *attribution.Event) {
+	p.seq.Release(now, func(input int, pos int64, ev *attribution.Event) {
 		p.route(ingest.Record{Input: input, Offset: pos, Event: *ev})
 	})
 	p.dispatch(ctx, now)

@@ -133,6 +133,6 @@ func BenchmarkSequencer(b *testing.B) {
 		ev := &evs[i%len(evs)]
 		ev.Time = benchStart + int64(i)
 		seq.Add(i%4, int64(i), ev, benchStart)
-		seq.Release(benchStart, func(*Event) { n++ })
+		seq.Release(benchStart, func(int, int64, *Event) { n++ })
 	}
 }

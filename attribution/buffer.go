@@ -55,14 +55,9 @@ func (b *Buffer) PeekTime() (t int64, ok bool) {
 }
 
 // PopUntil releases, in application order, every record with a time at or
-// before watermark, calling fn for each. The event passed to fn is only
-// valid during the call.
-func (b *Buffer) PopUntil(watermark int64, fn func(*Event)) int {
-	return b.PopRecordsUntil(watermark, func(_ int, _ int64, ev *Event) { fn(ev) })
-}
-
-// PopRecordsUntil is PopUntil with each record's input and position.
-func (b *Buffer) PopRecordsUntil(watermark int64, fn func(input int, pos int64, ev *Event)) int {
+// before watermark, calling fn with each one's input, position and event.
+// The event is only valid during the call.
+func (b *Buffer) PopUntil(watermark int64, fn func(input int, pos int64, ev *Event)) int {
 	n := 0
 	for len(b.h) > 0 && b.h[0].ev.Time <= watermark {
 		it := heap.Pop(&b.h).(*bufItem)
@@ -172,12 +167,8 @@ func (s *Sequencer) Add(input int, pos int64, ev *Event, now int64) (late bool) 
 }
 
 // Release advances the watermark and hands out, in application order,
-// every held record it has passed. It returns the number released.
-func (s *Sequencer) Release(now int64, fn func(*Event)) int {
+// every held record it has passed (see Buffer.PopUntil). It returns the
+// number released.
+func (s *Sequencer) Release(now int64, fn func(input int, pos int64, ev *Event)) int {
 	return s.Buffer.PopUntil(s.Watermark.Advance(now), fn)
-}
-
-// ReleaseRecords is Release with each record's input and position.
-func (s *Sequencer) ReleaseRecords(now int64, fn func(input int, pos int64, ev *Event)) int {
-	return s.Buffer.PopRecordsUntil(s.Watermark.Advance(now), fn)
 }

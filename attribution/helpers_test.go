@@ -133,13 +133,13 @@ func runSequenced(t testing.TB, r *Rules, wm WatermarkConfig, events []Event, ti
 		if seq.Add(inputOf(ev.Type), int64(i), &ev, now) {
 			apply(&ev)
 		}
-		seq.Release(now, apply)
+		seq.Release(now, func(_ int, _ int64, ev *Event) { apply(ev) })
 		now += tick.Milliseconds()
 	}
 	// Idle inputs let the watermark follow the wall clock: jump past
 	// everything.
 	end := now + wm.IdleTimeout.Milliseconds() + 365*24*3600*1000
-	seq.Release(end, apply)
+	seq.Release(end, func(_ int, _ int64, ev *Event) { apply(ev) })
 	if seq.Buffer.Len() != 0 {
 		t.Fatalf("%d records still buffered", seq.Buffer.Len())
 	}

@@ -382,7 +382,7 @@ func deliver(r *attribution.Rules, st *stream, rng *rand.Rand) *delivered {
 				seq.Watermark.Active(j, now)
 			}
 		}
-		seq.Release(now, apply)
+		seq.Release(now, func(_ int, _ int64, ev *attribution.Event) { apply(ev) })
 		if out.err != "" {
 			return out
 		}
@@ -392,7 +392,7 @@ func deliver(r *attribution.Rules, st *stream, rng *rand.Rand) *delivered {
 	now = max(now, end) + lateness
 	for k := 0; k < 4 && seq.Buffer.Len() > 0; k++ {
 		now += 6000
-		seq.Release(now, apply)
+		seq.Release(now, func(_ int, _ int64, ev *attribution.Event) { apply(ev) })
 	}
 	switch {
 	case out.err != "":

@@ -570,7 +570,7 @@ func TestLateEvents(t *testing.T) {
 		// then needs another idle timeout: hence two steps.
 		for i := 0; i < 2; i++ {
 			now += 6000
-			seq.Release(now, apply)
+			seq.Release(now, func(_ int, _ int64, ev *Event) { apply(ev) })
 		}
 	}
 
@@ -1387,14 +1387,14 @@ func TestBuffer(t *testing.T) {
 			t.Fatalf("Each visited %d", held)
 		}
 		var got []string
-		if n := b.PopUntil(at(-ms)-1, func(e *Event) { got = append(got, name(e)) }); n != 0 {
+		if n := b.PopUntil(at(-ms)-1, func(_ int, _ int64, e *Event) { got = append(got, name(e)) }); n != 0 {
 			t.Fatalf("released %d before the watermark passed them", n)
 		}
-		n := b.PopUntil(at(0), func(e *Event) { got = append(got, name(e)) })
+		n := b.PopUntil(at(0), func(_ int, _ int64, e *Event) { got = append(got, name(e)) })
 		if n != len(evs)-1 || b.Len() != 1 {
 			t.Fatalf("released %d, %d held", n, b.Len())
 		}
-		b.PopUntil(at(ms), func(e *Event) { got = append(got, name(e)) })
+		b.PopUntil(at(ms), func(_ int, _ int64, e *Event) { got = append(got, name(e)) })
 		if !equalStrings(got, want) {
 			t.Fatalf("order\n%q\nwant\n%q", got, want)
 		}
@@ -1426,13 +1426,13 @@ func TestBuffer(t *testing.T) {
 		}
 		check(0, 10, true)
 		check(1, 7, true)
-		b.PopUntil(at(100*ms), func(*Event) {}) // releases pos 11
+		b.PopUntil(at(100*ms), func(int, int64, *Event) {}) // releases pos 11
 		check(0, 10, true)
-		b.PopUntil(at(150*ms), func(*Event) {}) // releases input 1
+		b.PopUntil(at(150*ms), func(int, int64, *Event) {}) // releases input 1
 		check(1, 0, false)
-		b.PopUntil(at(300*ms), func(*Event) {}) // releases 12 then 10
+		b.PopUntil(at(300*ms), func(int, int64, *Event) {}) // releases 12 then 10
 		check(0, 13, true)
-		b.PopUntil(at(400*ms), func(*Event) {})
+		b.PopUntil(at(400*ms), func(int, int64, *Event) {})
 		check(0, 0, false)
 		// Positions keep counting after a drain.
 		e2 := clk("kz", at(500*ms))
@@ -1453,7 +1453,7 @@ func TestBuffer(t *testing.T) {
 			b.Push(p.input, p.pos, &e)
 		}
 		var got []rec
-		b.PopRecordsUntil(at(ms), func(input int, pos int64, e *Event) { got = append(got, rec{input, pos, e.ID}) })
+		b.PopUntil(at(ms), func(input int, pos int64, e *Event) { got = append(got, rec{input, pos, e.ID}) })
 		want := []rec{{0, 8, "k0"}, {1, 12, "i"}, {0, 7, "k"}, {2, 40, "v"}}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("released %+v, want %+v", got, want)
@@ -1462,7 +1462,7 @@ func TestBuffer(t *testing.T) {
 		e := clk("k", T0)
 		seq.Add(0, 99, &e, T0)
 		var pos []int64
-		seq.ReleaseRecords(T0+6000+10_000, func(_ int, p int64, _ *Event) { pos = append(pos, p) })
+		seq.Release(T0+6000+10_000, func(_ int, p int64, _ *Event) { pos = append(pos, p) })
 		if !reflect.DeepEqual(pos, []int64{99}) {
 			t.Fatalf("ReleaseRecords positions %v", pos)
 		}
@@ -1474,14 +1474,14 @@ func TestBuffer(t *testing.T) {
 			t.Fatal("reported late")
 		}
 		var got []string
-		if n := seq.Release(T0, func(e *Event) { got = append(got, e.ID) }); n != 0 {
+		if n := seq.Release(T0, func(_ int, _ int64, e *Event) { got = append(got, e.ID) }); n != 0 {
 			t.Fatalf("released %d while the watermark is at %d", n, seq.Watermark.Current()-T0)
 		}
 		e3 := clk("k2", at(15*time.Second))
 		seq.Add(0, 2, &e3, T0+1)
 		e4 := imp("i2", at(16*time.Second))
 		seq.Add(1, 2, &e4, T0+1)
-		seq.Release(T0+1, func(e *Event) { got = append(got, e.ID) }) // watermark 5 s
+		seq.Release(T0+1, func(_ int, _ int64, e *Event) { got = append(got, e.ID) }) // watermark 5 s
 		if !equalStrings(got, []string{"k1", "i1"}) || seq.Late != 0 {
 			t.Fatalf("released %q", got)
 		}
@@ -1567,7 +1567,7 @@ func TestSubMillisecondDurations(t *testing.T) {
 		seq := NewSequencer(1, cfg, now)
 		e1, e2 := clk("k1", T0), clk("k2", T0+1000)
 		seq.Add(0, 1, &e1, now)
-		seq.Release(now, func(*Event) {})
+		seq.Release(now, func(int, int64, *Event) {})
 		if seq.Add(0, 2, &e2, now) {
 			t.Fatalf("an input that delivered a record this very millisecond counted as idle: the watermark is at the wall clock (%d ms after the record)", seq.Watermark.Current()-e2.Time)
 		}
