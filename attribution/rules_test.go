@@ -1439,7 +1439,7 @@ func TestBuffer(t *testing.T) {
 		b.Push(0, 20, &e2)
 		check(0, 20, true)
 	})
-	t.Run("buffer PopRecordsUntil reports each record's input and position", func(t *testing.T) {
+	t.Run("buffer PopUntil reports each record's input and position", func(t *testing.T) {
 		b := NewBuffer(3)
 		type rec struct {
 			input int
@@ -1464,7 +1464,7 @@ func TestBuffer(t *testing.T) {
 		var pos []int64
 		seq.Release(T0+6000+10_000, func(_ int, p int64, _ *Event) { pos = append(pos, p) })
 		if !reflect.DeepEqual(pos, []int64{99}) {
-			t.Fatalf("ReleaseRecords positions %v", pos)
+			t.Fatalf("Release positions %v", pos)
 		}
 	})
 	t.Run("sequencer holds records until the watermark passes them", func(t *testing.T) {
