@@ -71,7 +71,7 @@ func newE2EEnv(t testing.TB, seed uint64, events int) *e2eEnv {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var n int32
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testenv.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		var err error
 		n, err = ingest.EnsureTopics(ctx, []string{env.brokerAddr}, ingest.DefaultTopics(), 12, 1)
 		return err
@@ -159,7 +159,7 @@ func TestCrashRecovery(t *testing.T) {
 		if i%3 == 0 {
 			// During start-up: claims, loads, the first checkpoints.
 			wait := time.Duration(rng.IntN(1500)) * time.Millisecond
-			checkFor(t, time.Minute, 20*time.Millisecond, func() error {
+			testenv.CheckFor(t, time.Minute, 20*time.Millisecond, func() error {
 				if time.Since(start) < wait {
 					return fmt.Errorf("waiting")
 				}
@@ -168,7 +168,7 @@ func TestCrashRecovery(t *testing.T) {
 		} else {
 			// Mid-stream: once this run has read a random share.
 			target := float64(1 + rng.IntN(env.records/2))
-			checkFor(t, 2*time.Minute, 5*time.Millisecond, func() error {
+			testenv.CheckFor(t, 2*time.Minute, 5*time.Millisecond, func() error {
 				if node.exited() {
 					t.Fatalf("%s exited by itself: %v\n%s", node.name, node.err, node.tail(30))
 				}

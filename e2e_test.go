@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lookback-dev/lookback/internal/testenv"
 )
 
 // End-to-end tests run lookback as real processes: the binary built once
@@ -63,20 +65,6 @@ func freePort(t testing.TB) int {
 
 // testLog is a logger for test-side clients (their logs are noise).
 func testLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// checkFor polls fn every `every` until it returns nil or total has passed.
-func checkFor(t testing.TB, total, every time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = fn(); err == nil {
-			return
-		}
-		time.Sleep(every)
-	}
-	t.Fatalf("condition not met after %s: %v", total, err)
-}
 
 // proc is a running lookback process with its output in a log file.
 type proc struct {
@@ -162,7 +150,7 @@ func (p *proc) exited() bool {
 // waitReady polls /readyz on api until it answers 200.
 func waitReady(t testing.TB, api string, p *proc) {
 	t.Helper()
-	checkFor(t, 60*time.Second, 100*time.Millisecond, func() error {
+	testenv.CheckFor(t, 60*time.Second, 100*time.Millisecond, func() error {
 		if p.exited() {
 			t.Fatalf("%s exited before it was ready: %v\n%s", p.name, p.err, p.tail(30))
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lookback-dev/lookback/actors"
+	"github.com/lookback-dev/lookback/internal/testenv"
 )
 
 // TestEmbeddedDefaults runs `lookback serve` as a newcomer would, on its
@@ -56,7 +57,7 @@ func TestEmbeddedDefaults(t *testing.T) {
 		}
 		return nil
 	}
-	checkFor(t, 60*time.Second, 200*time.Millisecond, attributed)
+	testenv.CheckFor(t, 60*time.Second, 200*time.Millisecond, attributed)
 	if code, _ := getJSON(api+"/v1/users/nobody", nil); code != http.StatusNotFound {
 		t.Fatalf("unknown user: %d, want 404", code)
 	}
@@ -65,13 +66,13 @@ func TestEmbeddedDefaults(t *testing.T) {
 	node.stop()
 	node = startProc(t, "serve-2", args...)
 	waitReady(t, api, node)
-	checkFor(t, 30*time.Second, 100*time.Millisecond, attributed)
+	testenv.CheckFor(t, 30*time.Second, 100*time.Millisecond, attributed)
 
 	// A crash, then a start: still there, and no fact doubled.
 	node.kill()
 	node = startProc(t, "serve-3", args...)
 	waitReady(t, api, node)
-	checkFor(t, 30*time.Second, 100*time.Millisecond, attributed)
+	testenv.CheckFor(t, 30*time.Second, 100*time.Millisecond, attributed)
 	node.stop()
 
 	for file, want := range map[string]int{"impressions.ndjson": 1, "clicks.ndjson": 1, "conversion_attributions.ndjson": 1} {

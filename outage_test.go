@@ -69,7 +69,7 @@ func TestOutages(t *testing.T) {
 			waitReady(t, api, node)
 
 			// Under load: the node is working through the backlog.
-			checkFor(t, time.Minute, 10*time.Millisecond, func() error {
+			testenv.CheckFor(t, time.Minute, 10*time.Millisecond, func() error {
 				if n := scrape(t, api).Sum("lookback_ingest_records_total"); n < float64(env.records)/10 {
 					return fmt.Errorf("%v records read", n)
 				}
@@ -88,7 +88,7 @@ func TestOutages(t *testing.T) {
 
 			// Backpressure: the failure is counted, the gauge is up, and
 			// reading stops (what was in flight aside) and stays stopped.
-			checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+			testenv.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 				m := scrape(t, api)
 				if m.Sum("lookback_backpressure_active") != 1 {
 					return fmt.Errorf("backpressure not active")
@@ -102,7 +102,7 @@ func TestOutages(t *testing.T) {
 				return nil
 			})
 			paused := scrape(t, api).Sum("lookback_ingest_records_total")
-			checkFor(t, outageDuration(), time.Second, func() error {
+			testenv.CheckFor(t, outageDuration(), time.Second, func() error {
 				if n := scrape(t, api).Sum("lookback_ingest_records_total"); n > paused+float64(env.records)/20 {
 					t.Fatalf("reading went on under backpressure: %v records, %v when paused", n, paused)
 				}
@@ -119,7 +119,7 @@ func TestOutages(t *testing.T) {
 
 			proxy.Up()
 			t.Logf("%s back after %s", dep, time.Since(downAt).Round(time.Millisecond))
-			checkFor(t, time.Minute, 100*time.Millisecond, func() error {
+			testenv.CheckFor(t, time.Minute, 100*time.Millisecond, func() error {
 				if scrape(t, api).Sum("lookback_backpressure_active") != 0 {
 					return fmt.Errorf("backpressure still active")
 				}

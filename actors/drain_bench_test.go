@@ -144,7 +144,7 @@ func BenchmarkDrain(b *testing.B) {
 		}})
 		// Drained: every record read and a checkpoint completed after it.
 		var readAt time.Time
-		checkFor(b, 10*time.Minute, 50*time.Millisecond, func() error {
+		testenv.CheckFor(b, 10*time.Minute, 50*time.Millisecond, func() error {
 			read := testutilGauge(b, node.reg, "lookback_ingest_records_total")
 			if read < float64(n) {
 				return fmt.Errorf("%v of %d records read", read, n)
@@ -162,9 +162,9 @@ func BenchmarkDrain(b *testing.B) {
 		b.StopTimer()
 		b.ReportMetric(float64(n)/elapsed.Seconds(), "events/s")
 		b.ReportMetric(float64(n)/readAt.Sub(t0).Seconds(), "read-events/s")
-		b.ReportMetric(histMean(b, node, "lookback_checkpoint_duration_seconds"), "checkpoint-s")
+		b.ReportMetric(histMean(b, node, "lookback_checkpoint_duration_seconds", ""), "checkpoint-s")
 		for _, phase := range []string{"collect", "warehouse", "store"} {
-			b.ReportMetric(histMeanLabel(b, node, "lookback_checkpoint_phase_duration_seconds", phase), phase+"-s")
+			b.ReportMetric(histMean(b, node, "lookback_checkpoint_phase_duration_seconds", phase), phase+"-s")
 		}
 		b.ReportMetric(testutilGauge(b, node.reg, "lookback_facts_written_total")/float64(n), "rows/event")
 		node.stop()
@@ -175,8 +175,9 @@ func BenchmarkDrain(b *testing.B) {
 	_ = ingest.NumInputs
 }
 
-// histMeanLabel is histMean over the samples with a label value.
-func histMeanLabel(t testing.TB, n *testNode, name, value string) float64 {
+// histMean is the mean of a histogram's observations: those with a label
+// of that value, or all of them when value is empty.
+func histMean(t testing.TB, n *testNode, name, value string) float64 {
 	mfs, err := n.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -187,35 +188,13 @@ func histMeanLabel(t testing.TB, n *testNode, name, value string) float64 {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			match := value == ""
 			for _, l := range m.GetLabel() {
-				if l.GetValue() == value {
-					sum += m.GetHistogram().GetSampleSum()
-					count += float64(m.GetHistogram().GetSampleCount())
-				}
+				match = match || l.GetValue() == value
 			}
-		}
-	}
-	if count == 0 {
-		return 0
-	}
-	return sum / count
-}
-
-// histMean is the mean of a histogram's observations (over all labels).
-func histMean(t testing.TB, n *testNode, name string) float64 {
-	mfs, err := n.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum, count := 0.0, 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if h := m.GetHistogram(); h != nil {
-				sum += h.GetSampleSum()
-				count += float64(h.GetSampleCount())
+			if match {
+				sum += m.GetHistogram().GetSampleSum()
+				count += float64(m.GetHistogram().GetSampleCount())
 			}
 		}
 	}

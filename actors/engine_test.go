@@ -12,6 +12,7 @@ import (
 
 	"github.com/lookback-dev/lookback/attribution"
 	"github.com/lookback-dev/lookback/ingest"
+	"github.com/lookback-dev/lookback/internal/testenv"
 )
 
 type vector struct {
@@ -93,7 +94,7 @@ func TestEngineVectors(t *testing.T) {
 
 	sink := newFileSink(t, t.TempDir())
 	n := c.startNode(nodeOptions{rules: allModels(t), store: newFileStore(t, t.TempDir()), sink: sink})
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testenv.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		got, _ := snapshotCredits(t, sink)
 		return diffCredits(got, want)
 	})
@@ -135,7 +136,7 @@ func TestEngineRestartKeepsState(t *testing.T) {
 	n := c.startNode(nodeOptions{rules: rules, store: newFileStore(t, storeDir), sink: sink, config: func(cfg *Config) {
 		cfg.PassivateAfter = 100 * time.Millisecond
 	}})
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testenv.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		snap, err := sink.Snapshot(t.Context())
 		if err != nil {
 			return err
@@ -146,7 +147,7 @@ func TestEngineRestartKeepsState(t *testing.T) {
 		return nil
 	})
 	// Let the users be passivated (their states are durable by now).
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testenv.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		if got := testutilGauge(t, n.reg, "lookback_users_passivated_total"); got < float64(len(touches)) {
 			return fmt.Errorf("%v users passivated", got)
 		}
@@ -167,7 +168,7 @@ func TestEngineRestartKeepsState(t *testing.T) {
 		}
 		want[cv.ID] = m
 	}
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testenv.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		got, snap := snapshotCredits(t, sink2)
 		if len(snap.Clicks) != len(touches) {
 			return fmt.Errorf("%d clicks after the restart, want %d (no doubles)", len(snap.Clicks), len(touches))

@@ -212,7 +212,7 @@ func TestFencing(t *testing.T) {
 	var inA streamBatches
 	handle(a, inA.batches(part1, 50, true))
 	want1 := referenceFacts(t, rules, part1)
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+	testenv.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		return snapshotMatches(ctx, sink, want1)
 	})
 
@@ -249,14 +249,14 @@ func TestFencing(t *testing.T) {
 	inB := streamBatches{next: part2Start}
 	handle(b, inB.batches(append(append([]attribution.Event(nil), part2...), part3...), 50, true))
 	want := referenceFacts(t, rules, stream)
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+	testenv.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		return snapshotMatches(ctx, sink, want)
 	})
 
 	// A wakes: its warehouse write goes through (the same facts), its
 	// checkpoint is refused, and it drops the partition.
 	gated.open()
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+	testenv.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		if got := testutilGauge(t, regA, "lookback_checkpoint_fenced_total"); got != 1 {
 			return fmt.Errorf("A fenced %v times", got)
 		}
@@ -273,7 +273,7 @@ func TestFencing(t *testing.T) {
 	more := fencingStream(2, 100, base+int64(len(stream))*1000+10_000)
 	handle(b, inB.batches(more, 50, true))
 	wantAll := referenceFacts(t, rules, append(append([]attribution.Event(nil), stream...), more...))
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+	testenv.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		return snapshotMatches(ctx, sink, wantAll)
 	})
 }
@@ -283,7 +283,7 @@ func snapshotMatches(ctx context.Context, r persist.SnapshotReader, want *persis
 	if err != nil {
 		return err
 	}
-	persisttest.NormalizeSnapshot(got)
+	got.Normalize()
 	if d := persisttest.DiffSnapshots(got, want); d != "" {
 		return fmt.Errorf("warehouse differs from the reference: %s", d)
 	}

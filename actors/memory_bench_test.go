@@ -84,7 +84,7 @@ func BenchmarkUserMemory(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		checkFor(b, 5*time.Minute, 50*time.Millisecond, func() error {
+		testenv.CheckFor(b, 5*time.Minute, 50*time.Millisecond, func() error {
 			if got := testutilGauge(b, reg, "lookback_events_applied_total"); got < float64(len(stream)) {
 				return fmt.Errorf("%v of %d applied and checkpointed", got, len(stream))
 			}
@@ -93,7 +93,7 @@ func BenchmarkUserMemory(b *testing.B) {
 		// Let two more checkpoints finish, so that none holds the states
 		// it committed when the heap is read.
 		cycles := histCount(b, reg, "lookback_checkpoint_duration_seconds")
-		checkFor(b, time.Minute, 20*time.Millisecond, func() error {
+		testenv.CheckFor(b, time.Minute, 20*time.Millisecond, func() error {
 			if got := histCount(b, reg, "lookback_checkpoint_duration_seconds"); got < cycles+2 {
 				return fmt.Errorf("%v checkpoints", got)
 			}

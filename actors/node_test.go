@@ -15,6 +15,7 @@ import (
 
 	"github.com/lookback-dev/lookback/attribution"
 	"github.com/lookback-dev/lookback/ingest"
+	"github.com/lookback-dev/lookback/internal/testenv"
 	"github.com/lookback-dev/lookback/persist"
 )
 
@@ -22,21 +23,6 @@ import (
 // test helpers: a real Kafka-protocol broker (kfake), a real checkpoint
 // store and fact sink, the engine and its consumer. Nodes can be stopped
 // and started again on the same store, sink and broker.
-
-// checkFor polls fn every `every` until it returns nil or total has
-// passed, then fails the test with fn's last error.
-func checkFor(t testing.TB, total, every time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = fn(); err == nil {
-			return
-		}
-		time.Sleep(every)
-	}
-	t.Fatalf("condition not met after %s: %v", total, err)
-}
 
 func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("LOOKBACK_TEST_LOG") != "" {
@@ -175,7 +161,7 @@ func (n *testNode) stop() {
 func (n *testNode) lookupUntil(user string, fn func(*UserView) error) *UserView {
 	n.t.Helper()
 	var v *UserView
-	checkFor(n.t, 20*time.Second, 50*time.Millisecond, func() error {
+	testenv.CheckFor(n.t, 20*time.Second, 50*time.Millisecond, func() error {
 		var err error
 		v, err = n.engine.Lookup(context.Background(), user)
 		if err != nil {

@@ -33,25 +33,8 @@ import (
 
 	"github.com/lookback-dev/lookback/attribution"
 	"github.com/lookback-dev/lookback/ingest"
+	"github.com/lookback-dev/lookback/internal/testenv"
 )
-
-// checkFor polls fn every `every` until it returns nil or total has
-// passed, then fails the test with fn's last error.
-func checkFor(t testing.TB, total, every time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(total)
-	var err error
-	for {
-		if err = fn(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(every)
-	}
-	t.Fatalf("condition not met after %s: %v", total, err)
-}
 
 // testLog discards logs unless LOOKBACK_TEST_LOG is set.
 func testLog(t testing.TB) *slog.Logger {
@@ -169,7 +152,7 @@ func (k *testKafka) readTopic(topic string, want int) []*kgo.Record {
 	}
 	defer cl.Close()
 	var recs []*kgo.Record
-	checkFor(k.t, 20*time.Second, time.Millisecond, func() error {
+	testenv.CheckFor(k.t, 20*time.Second, time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
 		fs := cl.PollFetches(ctx)
@@ -467,7 +450,7 @@ func (h *recHandler) errs() error {
 // waitRecords waits until the handler has been handed n records.
 func (h *recHandler) waitRecords(t testing.TB, n int) {
 	t.Helper()
-	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+	testenv.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		if got := h.count(); got < n {
 			return fmt.Errorf("%s: %d records handled, want %d", h.name, got, n)
 		}
@@ -891,7 +874,7 @@ func TestConsumerAssignOffsets(t *testing.T) {
 		end[p] = *s.logAt(p)
 	}
 	rc.c.CommitOffsets(context.Background(), end)
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		g := k.cluster().GroupInfo("resume")
 		if g == nil {
 			return errors.New("no group")
@@ -987,7 +970,7 @@ func TestConsumerRebalance(t *testing.T) {
 	settled := func(names ...string) map[int32]string {
 		t.Helper()
 		owners := map[int32]string{}
-		checkFor(t, 45*time.Second, 50*time.Millisecond, func() error {
+		testenv.CheckFor(t, 45*time.Second, 50*time.Millisecond, func() error {
 			g := k.cluster().GroupInfo(group)
 			if g == nil || g.State != "Stable" || len(g.Members) != len(names) {
 				return fmt.Errorf("group not stable with %d members: %+v", len(names), g)
@@ -1048,7 +1031,7 @@ func TestConsumerRebalance(t *testing.T) {
 		}
 		rs := newSent(k.n)
 		s.add(produceJourneys(k, rs, plain, plain, users, tag)...)
-		checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		testenv.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 			n := 0
 			for name, h := range handlers {
 				for _, poll := range h.pollsNow()[before[name]:] {
@@ -1202,7 +1185,7 @@ func TestConsumerLose(t *testing.T) {
 	if err := fault.Wait(ctx, 1); err != nil {
 		t.Fatalf("no heartbeat faulted: %v", err)
 	}
-	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		assigns, _, loses, _ := h.snapshot()
 		if len(loses) != 1 || len(assigns) != 2 {
 			return fmt.Errorf("Lose calls %v, Assign calls %v; want one Lose and a second Assign", loses, assigns)
@@ -1417,7 +1400,7 @@ func TestConsumerDeadLetters(t *testing.T) {
 	h.waitRecords(t, len(s.events))
 	letters := k.readTopic(k.topics.DeadLetter, len(bad))
 	// Wait for the polls to be complete (Next past the trailing records).
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testenv.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		end := map[int32]*[ingest.NumInputs]int64{}
 		for _, poll := range h.pollsNow() {
 			for _, b := range poll {
@@ -1529,7 +1512,7 @@ func TestConsumerClientRace(t *testing.T) {
 	defer c.Close()
 	// Not running Run: nothing the test does orders the client's
 	// goroutine after NewConsumer's assignment.
-	checkFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+	testenv.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
 		if a, _, _, _ := h.snapshot(); len(a) == 0 {
 			return errors.New("not assigned yet")
 		}
@@ -1662,7 +1645,7 @@ func TestConsumerPause(t *testing.T) {
 	// Pause again, then lose the partitions: they come back unpaused.
 	rc.c.SetPaused(p, bids, true)
 	fault := k.cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Heartbeat}, Group: "pause", TopLevel: true, Err: kerr.IllegalGeneration})
-	checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+	testenv.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
 		assigns, _, loses, _ := h.snapshot()
 		if fault.Hits() == 0 || len(loses) != 1 || len(assigns) != 2 {
 			return fmt.Errorf("Lose calls %v, Assign calls %v; want one Lose and a second Assign", loses, assigns)

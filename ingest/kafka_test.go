@@ -14,6 +14,7 @@ import (
 
 	"github.com/lookback-dev/lookback/attribution"
 	"github.com/lookback-dev/lookback/ingest"
+	"github.com/lookback-dev/lookback/internal/testenv"
 )
 
 // partitionKeys are 2,000 keys: user ids as lookback sees them, and
@@ -86,7 +87,7 @@ func TestPartitionOfMatchesFranzGo(t *testing.T) {
 	}
 	// Where the broker has them.
 	stored := map[string]int32{}
-	checkFor(t, 20*time.Second, time.Millisecond, func() error {
+	testenv.CheckFor(t, 20*time.Second, time.Millisecond, func() error {
 		pctx, pcancel := context.WithTimeout(ctx, 200*time.Millisecond)
 		defer pcancel()
 		cl.PollFetches(pctx).EachRecord(func(r *kgo.Record) { stored[string(r.Key)] = r.Partition })

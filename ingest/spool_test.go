@@ -15,6 +15,7 @@ import (
 
 	"github.com/lookback-dev/lookback/attribution"
 	"github.com/lookback-dev/lookback/ingest"
+	"github.com/lookback-dev/lookback/internal/testenv"
 )
 
 // startSpool runs a spool of a new directory until the end of the test.
@@ -38,7 +39,7 @@ func startSpool(t *testing.T, k *testKafka) string {
 			t.Errorf("Spool.Run did not return after its context ended")
 		}
 	})
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testenv.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		for _, d := range []string{"done", "failed"} {
 			if _, err := os.Stat(filepath.Join(dir, d)); err != nil {
 				return err
@@ -72,7 +73,7 @@ func exists(path string) bool {
 func waitMoved(t *testing.T, dir, name, dest string, onMove func()) {
 	t.Helper()
 	other := map[string]string{"done": "failed", "failed": "done"}[dest]
-	checkFor(t, 15*time.Second, 5*time.Millisecond, func() error {
+	testenv.CheckFor(t, 15*time.Second, 5*time.Millisecond, func() error {
 		if exists(filepath.Join(dir, other, name)) {
 			t.Fatalf("%s moved to %s/, want %s/", name, other, dest)
 		}

@@ -12,31 +12,6 @@ import (
 	"github.com/lookback-dev/lookback/persist"
 )
 
-// Normalize sorts a snapshot by key and makes equal what the sink contract
-// does not tell apart: empty and nil targeting criteria, and the
-// SinceImpression of a click that joined no impression. It is
-// persisttest.NormalizeSnapshot's rule (a test keeps the two in step),
-// here so that the command does not link the testing package.
-func Normalize(s *persist.Snapshot) {
-	for i := range s.Impressions {
-		if b := s.Impressions[i].Bid; b != nil {
-			c := *b
-			if len(c.Criteria) == 0 {
-				c.Criteria = nil
-			}
-			s.Impressions[i].Bid = &c
-		}
-	}
-	for i := range s.Clicks {
-		if !s.Clicks[i].Joined {
-			s.Clicks[i].SinceImpression = 0
-		}
-	}
-	slices.SortFunc(s.Impressions, func(a, b attribution.ImpressionFact) int { return cmp.Compare(a.ImpressionID, b.ImpressionID) })
-	slices.SortFunc(s.Clicks, func(a, b attribution.ClickFact) int { return cmp.Compare(a.ClickID, b.ClickID) })
-	slices.SortFunc(s.Attributions, func(a, b attribution.AttributionRow) int { return compareRowKeys(rowKeyOf(&a), rowKeyOf(&b)) })
-}
-
 // rowKey is the primary key of conversion_attributions.
 type rowKey struct {
 	conversion string

@@ -18,7 +18,7 @@ func (e *Expected) Want() *persist.Snapshot {
 		Clicks:       slices.Clone(e.Clicks),
 		Attributions: slices.Clone(e.Attributions),
 	}
-	Normalize(s)
+	s.Normalize()
 	return s
 }
 
@@ -54,7 +54,7 @@ func Verify(ctx context.Context, w persist.SnapshotReader, want *persist.Snapsho
 	if users != nil {
 		v.Ignored = Filter(got, users)
 	}
-	Normalize(got)
+	got.Normalize()
 	v.Diff = Compare(got, want)
 	return v, nil
 }
@@ -119,7 +119,7 @@ func Wait(ctx context.Context, w persist.SnapshotReader, want *persist.Snapshot,
 			if users != nil {
 				v.Ignored = Filter(got, users)
 			}
-			Normalize(got)
+			got.Normalize()
 			v.Diff = Compare(got, want)
 			v.Waited = time.Since(start)
 			lastV, prev, last = v, last, got

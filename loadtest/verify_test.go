@@ -3,7 +3,6 @@ package loadtest
 import (
 	"context"
 	"errors"
-	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -89,7 +88,7 @@ func TestCompareDetects(t *testing.T) {
 		t.Run(e.name, func(t *testing.T) {
 			got := cloneSnapshot(want)
 			e.change(got)
-			Normalize(got)
+			got.Normalize()
 			d := Compare(got, want)
 			if d.Equal() {
 				t.Fatal("not detected")
@@ -134,39 +133,6 @@ func TestCompareExamplesBounded(t *testing.T) {
 		if tab.Missing != tab.Want || len(tab.Examples) != maxExamples {
 			t.Fatalf("%s: %d missing of %d, %d examples", tab.Table, tab.Missing, tab.Want, len(tab.Examples))
 		}
-	}
-}
-
-// TestNormalizeLikePersisttest keeps Normalize in step with the sink
-// suite's rule.
-func TestNormalizeLikePersisttest(t *testing.T) {
-	f := persisttest.NewGen(3, "nz-").Facts(300, 300, 100)
-	snap := func() *persist.Snapshot {
-		ref := persisttest.NewReference()
-		ref.Apply(f)
-		s := ref.Snapshot()
-		// Undo the reference's normalization: shuffle, empty criteria,
-		// since of unjoined clicks.
-		slices.Reverse(s.Impressions)
-		slices.Reverse(s.Clicks)
-		slices.Reverse(s.Attributions)
-		for i := range s.Impressions {
-			if b := s.Impressions[i].Bid; b != nil && b.Criteria == nil {
-				b.Criteria = []string{}
-			}
-		}
-		for i := range s.Clicks {
-			if !s.Clicks[i].Joined {
-				s.Clicks[i].SinceImpression = 1234
-			}
-		}
-		return s
-	}
-	a, b := snap(), snap()
-	Normalize(a)
-	persisttest.NormalizeSnapshot(b)
-	if !reflect.DeepEqual(a, b) {
-		t.Fatal("Normalize and persisttest.NormalizeSnapshot disagree")
 	}
 }
 
@@ -292,8 +258,8 @@ func TestFactsDirWhileOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	Normalize(got)
-	Normalize(want)
+	got.Normalize()
+	want.Normalize()
 	if d := Compare(got, want); !d.Equal() {
 		t.Fatalf("facts directory read differs from the sink's snapshot:\n%s", d)
 	}

@@ -16,8 +16,10 @@
 package persist
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/lookback-dev/lookback/attribution"
@@ -101,6 +103,34 @@ type Snapshot struct {
 	Impressions  []attribution.ImpressionFact
 	Clicks       []attribution.ClickFact
 	Attributions []attribution.AttributionRow
+}
+
+// Normalize sorts a snapshot by key (impression id, click id, and
+// conversion, model, touch type and touch id) and makes equal what the sink
+// contract does not tell apart: empty and nil targeting criteria, and the
+// SinceImpression of a click that joined no impression. Two normalized
+// snapshots of equal content are deeply equal.
+func (s *Snapshot) Normalize() {
+	for i := range s.Impressions {
+		if b := s.Impressions[i].Bid; b != nil {
+			c := *b
+			if len(c.Criteria) == 0 {
+				c.Criteria = nil
+			}
+			s.Impressions[i].Bid = &c
+		}
+	}
+	for i := range s.Clicks {
+		if !s.Clicks[i].Joined {
+			s.Clicks[i].SinceImpression = 0
+		}
+	}
+	slices.SortFunc(s.Impressions, func(a, b attribution.ImpressionFact) int { return cmp.Compare(a.ImpressionID, b.ImpressionID) })
+	slices.SortFunc(s.Clicks, func(a, b attribution.ClickFact) int { return cmp.Compare(a.ClickID, b.ClickID) })
+	slices.SortFunc(s.Attributions, func(a, b attribution.AttributionRow) int {
+		return cmp.Or(cmp.Compare(a.ConversionID, b.ConversionID), cmp.Compare(a.Model, b.Model),
+			cmp.Compare(a.TouchType, b.TouchType), cmp.Compare(a.TouchID, b.TouchID))
+	})
 }
 
 // SnapshotReader is implemented by sinks that can read back what they hold.

@@ -177,7 +177,7 @@ func check(t *testing.T, s persist.SnapshotReader, ref *persisttest.Reference) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	persisttest.NormalizeSnapshot(got)
+	got.Normalize()
 	if d := persisttest.DiffSnapshots(got, ref.Snapshot()); d != "" {
 		t.Fatal(d)
 	}

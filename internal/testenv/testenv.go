@@ -114,3 +114,21 @@ func Redis(t testing.TB) (*redis.Client, string) {
 	})
 	return client, prefix
 }
+
+// CheckFor polls fn every `every` until it returns nil, and fails the test
+// with fn's last error if total passes first: tests wait for conditions,
+// never for a fixed time.
+func CheckFor(t testing.TB, total, every time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met after %s: %v", total, err)
+		}
+		time.Sleep(every)
+	}
+}

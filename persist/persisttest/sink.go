@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -67,7 +66,7 @@ func (r *Reference) Apply(f *attribution.Facts) {
 }
 
 // Snapshot returns the reference's content, normalized like
-// NormalizeSnapshot.
+// Snapshot.Normalize.
 func (r *Reference) Snapshot() *persist.Snapshot {
 	s := &persist.Snapshot{}
 	for _, x := range r.imp {
@@ -79,43 +78,8 @@ func (r *Reference) Snapshot() *persist.Snapshot {
 	for _, rows := range r.conv {
 		s.Attributions = append(s.Attributions, rows...)
 	}
-	NormalizeSnapshot(s)
+	s.Normalize()
 	return s
-}
-
-// NormalizeSnapshot sorts a snapshot by key and makes equal what the
-// contract does not tell apart: empty and nil criteria, and the
-// SinceImpression of an unjoined click.
-func NormalizeSnapshot(s *persist.Snapshot) {
-	for i := range s.Impressions {
-		if b := s.Impressions[i].Bid; b != nil {
-			c := *b
-			if len(c.Criteria) == 0 {
-				c.Criteria = nil
-			}
-			s.Impressions[i].Bid = &c
-		}
-	}
-	for i := range s.Clicks {
-		if !s.Clicks[i].Joined {
-			s.Clicks[i].SinceImpression = 0
-		}
-	}
-	sort.Slice(s.Impressions, func(i, j int) bool { return s.Impressions[i].ImpressionID < s.Impressions[j].ImpressionID })
-	sort.Slice(s.Clicks, func(i, j int) bool { return s.Clicks[i].ClickID < s.Clicks[j].ClickID })
-	sort.Slice(s.Attributions, func(i, j int) bool {
-		a, b := &s.Attributions[i], &s.Attributions[j]
-		if a.ConversionID != b.ConversionID {
-			return a.ConversionID < b.ConversionID
-		}
-		if a.Model != b.Model {
-			return a.Model < b.Model
-		}
-		if a.TouchType != b.TouchType {
-			return a.TouchType < b.TouchType
-		}
-		return a.TouchID < b.TouchID
-	})
 }
 
 // DiffSnapshots describes how got differs from want (both normalized), or
@@ -200,7 +164,7 @@ func snapshotOf(t *testing.T, sink persist.FactSink) *persist.Snapshot {
 	if err != nil {
 		t.Fatalf("Snapshot: %v", err)
 	}
-	NormalizeSnapshot(s)
+	s.Normalize()
 	return s
 }
 
