@@ -27,8 +27,11 @@ type partitionActor struct {
 	// nextUser: one Props per partition rather than one per user.
 	userProps *actor.Props
 	nextUser  *userActor
-	// group collects released records per user; reused between releases.
-	group   map[string][]ingest.Record
+	// routed collects a release's records for active users, and group
+	// each such user's count, then its range in one shared backing array;
+	// both are reused between releases.
+	routed  []ingest.Record
+	group   map[string]span
 	toLoad  []string
 	pending []attribution.Event
 }
@@ -65,7 +68,7 @@ func newPartitionActor(e *Engine, env *partitionEnv, resume [ingest.NumInputs]in
 		next:    resume,
 		users:   map[string]*userEntry{},
 		loading: map[string]*loadingUser{},
-		group:   map[string][]ingest.Record{},
+		group:   map[string]span{},
 	}
 }
 
@@ -159,7 +162,10 @@ func (p *partitionActor) release(ctx actor.Context, now int64) {
 func (p *partitionActor) route(rec ingest.Record) {
 	user := rec.Event.UserID
 	if _, ok := p.users[user]; ok {
-		p.group[user] = append(p.group[user], rec)
+		p.routed = append(p.routed, rec)
+		sp := p.group[user]
+		sp.n++
+		p.group[user] = sp
 		return
 	}
 	p.waiting++
@@ -171,16 +177,37 @@ func (p *partitionActor) route(rec ingest.Record) {
 	p.toLoad = append(p.toLoad, user)
 }
 
+// span is a user's range of a release's shared backing array.
+type span struct{ start, n int32 }
+
 // dispatch sends each user its routed records in one message, and asks
-// the loader for the users it must load first.
+// the loader for the users it must load first. The users of one release
+// share one backing array: one allocation per release, not one per user.
 func (p *partitionActor) dispatch(ctx actor.Context, now int64) {
-	for user, recs := range p.group {
-		u := p.users[user]
-		ctx.Send(u.pid, &applyMsg{records: recs})
-		u.dirty = true
-		u.lastActive = now
+	if len(p.routed) > 0 {
+		backing := make([]ingest.Record, len(p.routed))
+		next := int32(0)
+		for user, sp := range p.group {
+			p.group[user] = span{start: next}
+			next += sp.n
+		}
+		for i := range p.routed {
+			user := p.routed[i].Event.UserID
+			sp := p.group[user]
+			backing[sp.start+sp.n] = p.routed[i]
+			sp.n++
+			p.group[user] = sp
+		}
+		for user, sp := range p.group {
+			u := p.users[user]
+			ctx.Send(u.pid, &applyMsg{records: backing[sp.start : sp.start+sp.n : sp.start+sp.n]})
+			u.dirty = true
+			u.lastActive = now
+		}
+		clear(p.routed)
+		p.routed = p.routed[:0]
+		clear(p.group)
 	}
-	clear(p.group)
 	if len(p.toLoad) > 0 {
 		ctx.Request(p.loader, &loadRequest{users: p.toLoad})
 		p.toLoad = nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -273,6 +274,7 @@ func (c *Consumer) decode(fetches kgo.Fetches, inputs [NumInputs]string) ([]Part
 			b = &PartitionBatch{Partition: ftp.Partition, Next: [NumInputs]int64{-1, -1, -1, -1}}
 			byPartition[ftp.Partition] = b
 		}
+		b.Records = slices.Grow(b.Records, len(ftp.Records))
 		ok := 0
 		for _, rec := range ftp.Records {
 			var ev attribution.Event
