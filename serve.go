@@ -40,8 +40,8 @@ type serveCmd struct {
 	CheckpointInterval time.Duration `help:"Checkpoint and warehouse micro-batch cadence." default:"1s"`
 	PassivateAfter     time.Duration `help:"Users idle this long leave memory." default:"10m"`
 	NodeID             string        `name:"node-id" help:"This node's name in logs, metrics and /v1/cluster (default: the hostname)."`
-	ClusterAddr        string        `help:"host:port this node's actor system listens on for other nodes." default:"127.0.0.1:8090"`
-	ClusterPeers       []string      `help:"The --cluster-addr of every member (itself included). Empty: a single node." sep:","`
+	ClusterAddr        string        `help:"host:port this node's actor system will listen on for other nodes (reserved: routing lookups between nodes is not built yet)." default:"127.0.0.1:8090"`
+	ClusterPeers       []string      `help:"The --cluster-addr of every member (itself included). Empty: a single node; more than one is refused until routing between nodes is built." sep:","`
 	ConsumerGroup      string        `help:"Kafka consumer group of the nodes." default:"lookback"`
 	SessionTimeout     time.Duration `help:"How long the group waits for a silent node before moving its partitions." default:"10s"`
 	SpoolDir           string        `help:"Watch this directory for CSV files to ingest (done/ and failed/ beside them)." type:"path"`
