@@ -544,48 +544,40 @@ func (s *FileSink) rewrite(i int, keep func(n int) bool) error {
 }
 
 func (s *FileSink) compactImpressions() error {
-	last := make(map[string]int)
-	n := 0
-	h := newContentHash()
-	err := scanLines(s.files[0], s.sizes[0], func(line []byte) error {
+	return s.compactByKey(0, s.imp, func(line []byte, h *contentHash) (string, uint64, error) {
 		var l impressionLine
 		if err := json.Unmarshal(line, &l); err != nil {
-			return fmt.Errorf("line %d: %w", n+1, err)
+			return "", 0, err
 		}
 		f, err := l.fact()
-		if err != nil {
-			return fmt.Errorf("line %d: %w", n+1, err)
-		}
-		last[f.ImpressionID] = n
-		s.imp[f.ImpressionID] = hashImpression(h, &f)
-		n++
-		return nil
+		return f.ImpressionID, hashImpression(h, &f), err
 	})
-	if err != nil || len(last) == n {
-		return err
-	}
-	keep := make([]bool, n)
-	for _, i := range last {
-		keep[i] = true
-	}
-	return s.rewrite(0, func(i int) bool { return keep[i] })
 }
 
 func (s *FileSink) compactClicks() error {
+	return s.compactByKey(1, s.clk, func(line []byte, h *contentHash) (string, uint64, error) {
+		var l clickLine
+		if err := json.Unmarshal(line, &l); err != nil {
+			return "", 0, err
+		}
+		f, err := l.fact()
+		return f.ClickID, hashClick(h, &f), err
+	})
+}
+
+// compactByKey keeps, of the lines of file i, the last one of each key,
+// and indexes each key's content hash. parse reads a line's key and hash.
+func (s *FileSink) compactByKey(i int, index map[string]uint64, parse func(line []byte, h *contentHash) (string, uint64, error)) error {
 	last := make(map[string]int)
 	n := 0
 	h := newContentHash()
-	err := scanLines(s.files[1], s.sizes[1], func(line []byte) error {
-		var l clickLine
-		if err := json.Unmarshal(line, &l); err != nil {
-			return fmt.Errorf("line %d: %w", n+1, err)
-		}
-		f, err := l.fact()
+	err := scanLines(s.files[i], s.sizes[i], func(line []byte) error {
+		key, sum, err := parse(line, h)
 		if err != nil {
 			return fmt.Errorf("line %d: %w", n+1, err)
 		}
-		last[f.ClickID] = n
-		s.clk[f.ClickID] = hashClick(h, &f)
+		last[key] = n
+		index[key] = sum
 		n++
 		return nil
 	})
@@ -593,10 +585,10 @@ func (s *FileSink) compactClicks() error {
 		return err
 	}
 	keep := make([]bool, n)
-	for _, i := range last {
-		keep[i] = true
+	for _, j := range last {
+		keep[j] = true
 	}
-	return s.rewrite(1, func(i int) bool { return keep[i] })
+	return s.rewrite(i, func(j int) bool { return keep[j] })
 }
 
 // compactAttributions keeps, per (conversion_id, model), the rows of its
