@@ -48,12 +48,15 @@ type e2eEnv struct {
 	stream      *loadtest.Stream
 	want        *persist.Snapshot
 	rules       attribution.Config
+	models      string
 	records     int
 }
 
 const allModelsFlag = "last_touch,first_touch,linear,time_decay,position_based"
 
-func newE2EEnv(t testing.TB, seed uint64, events int) *e2eEnv {
+// newE2EEnv starts a broker, pre-fills it with a seeded stream of events
+// events, and computes the oracle's facts for models (comma-separated).
+func newE2EEnv(t testing.TB, seed uint64, events int, models string) *e2eEnv {
 	t.Helper()
 	_, prefix := testenv.Redis(t)
 	env := &e2eEnv{t: t, redisPrefix: prefix, dsn: testenv.PostgresSchema(t), group: testenv.Name("lookback-e2e-")}
@@ -64,7 +67,11 @@ func newE2EEnv(t testing.TB, seed uint64, events int) *e2eEnv {
 	gen.Seed, gen.Events, gen.Users = seed, events, max(events/20, 10)
 	env.stream = loadtest.Generate(gen)
 	env.rules = attribution.DefaultConfig()
-	env.rules.Models = attribution.AllModels
+	var err error
+	if env.rules.Models, err = attribution.ParseModels(models); err != nil {
+		t.Fatal(err)
+	}
+	env.models = models
 	env.want = loadtest.Expect(env.rules, env.stream.Events).Want()
 	env.records = env.stream.Records()
 
@@ -76,9 +83,10 @@ func newE2EEnv(t testing.TB, seed uint64, events int) *e2eEnv {
 		n, err = ingest.EnsureTopics(ctx, []string{env.brokerAddr}, ingest.DefaultTopics(), 12, 1)
 		return err
 	})
+	var producer *ingest.Producer
 	pcfg := ingest.DefaultProducerConfig()
 	pcfg.Brokers = []string{env.brokerAddr}
-	producer, err := ingest.NewProducer(pcfg, testLog())
+	producer, err = ingest.NewProducer(pcfg, testLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +108,7 @@ func (env *e2eEnv) serveArgs(httpPort int, extra ...string) []string {
 		"--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort),
 		"--consumer-group", env.group, "--session-timeout", "6s",
 		"--node-id", "e2e-node",
-		"--models", allModelsFlag,
+		"--models", env.models,
 		"--checkpoint-interval", "250ms",
 	}, extra...)
 }
@@ -148,7 +156,7 @@ func (env *e2eEnv) verify(timeout time.Duration) {
 func TestCrashRecovery(t *testing.T) {
 	seed := testSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 99))
-	env := newE2EEnv(t, seed, envInt("LOOKBACK_CRASH_EVENTS", 60_000))
+	env := newE2EEnv(t, seed, envInt("LOOKBACK_CRASH_EVENTS", 60_000), allModelsFlag)
 	httpPort := freePort(t)
 	api := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
 
