@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/lookback-dev/lookback/attribution"
-	"github.com/lookback-dev/lookback/ingest"
 	"github.com/lookback-dev/lookback/internal/testenv"
 	"github.com/lookback-dev/lookback/persist"
 )
@@ -172,7 +171,6 @@ func BenchmarkDrain(b *testing.B) {
 		store.Close()
 		b.StartTimer()
 	}
-	_ = ingest.NumInputs
 }
 
 // histMean is the mean of a histogram's observations: those with a label

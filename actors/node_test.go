@@ -2,7 +2,6 @@ package actors
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -212,8 +211,6 @@ func snapshotCredits(t testing.TB, r persist.SnapshotReader) (map[string]map[str
 	}
 	return out, snap
 }
-
-func fmtCredits(c map[string]map[string]map[string]float64) string { return fmt.Sprint(c) }
 
 // testutilGauge sums a metric's samples (over all label values) from reg.
 func testutilGauge(t testing.TB, reg *prometheus.Registry, name string) float64 {

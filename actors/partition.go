@@ -30,10 +30,9 @@ type partitionActor struct {
 	// routed collects a release's records for active users, and group
 	// each such user's count, then its range in one shared backing array;
 	// both are reused between releases.
-	routed  []ingest.Record
-	group   map[string]span
-	toLoad  []string
-	pending []attribution.Event
+	routed []ingest.Record
+	group  map[string]span
+	toLoad []string
 }
 
 type userEntry struct {

@@ -3,7 +3,6 @@ package attribution
 import (
 	"encoding/json"
 	"math"
-	"math/rand/v2"
 	"os"
 	"sort"
 	"testing"
@@ -146,25 +145,6 @@ func runSequenced(t testing.TB, r *Rules, wm WatermarkConfig, events []Event, ti
 	return facts, seq
 }
 
-// shuffleInputs returns events interleaved at random across the four
-// inputs, keeping each input's own order (as a consumer of four topics
-// read at different speeds sees them).
-func shuffleInputs(rng *rand.Rand, events []Event) []Event {
-	var queues [4][]Event
-	for _, e := range events {
-		queues[inputOf(e.Type)] = append(queues[inputOf(e.Type)], e)
-	}
-	out := make([]Event, 0, len(events))
-	for len(out) < len(events) {
-		i := rng.IntN(4)
-		if len(queues[i]) > 0 {
-			out = append(out, queues[i][0])
-			queues[i] = queues[i][1:]
-		}
-	}
-	return out
-}
-
 func sortedEvents(events []Event) []Event {
 	out := append([]Event(nil), events...)
 	sort.SliceStable(out, func(i, j int) bool { return Less(&out[i], &out[j]) })
@@ -199,18 +179,15 @@ const (
 
 type evOpt func(*Event)
 
-func withUser(u string) evOpt        { return func(e *Event) { e.UserID = u } }
-func withCampaign(c string) evOpt    { return func(e *Event) { e.CampaignID = c } }
-func withCreative(c string) evOpt    { return func(e *Event) { e.CreativeID = c } }
-func withAuction(a string) evOpt     { return func(e *Event) { e.AuctionID = a } }
-func naming(impID string) evOpt      { return func(e *Event) { e.ImpressionID = impID } }
-func withValue(v float64) evOpt      { return func(e *Event) { e.Value = v } }
-func withWebsite(w string) evOpt     { return func(e *Event) { e.Website = w } }
-func withBidPrice(p float64) evOpt   { return func(e *Event) { e.Bid.BidPrice = p } }
-func withCurrency(c string) evOpt    { return func(e *Event) { e.Currency = c } }
-func withID(id string) evOpt         { return func(e *Event) { e.ID = id } }
-func withConvType(c string) evOpt    { return func(e *Event) { e.ConversionType = c } }
-func withCriteria(c ...string) evOpt { return func(e *Event) { e.Bid.Criteria = c } }
+func withUser(u string) evOpt      { return func(e *Event) { e.UserID = u } }
+func withCampaign(c string) evOpt  { return func(e *Event) { e.CampaignID = c } }
+func withCreative(c string) evOpt  { return func(e *Event) { e.CreativeID = c } }
+func withAuction(a string) evOpt   { return func(e *Event) { e.AuctionID = a } }
+func naming(impID string) evOpt    { return func(e *Event) { e.ImpressionID = impID } }
+func withValue(v float64) evOpt    { return func(e *Event) { e.Value = v } }
+func withBidPrice(p float64) evOpt { return func(e *Event) { e.Bid.BidPrice = p } }
+func withCurrency(c string) evOpt  { return func(e *Event) { e.Currency = c } }
+func withConvType(c string) evOpt  { return func(e *Event) { e.ConversionType = c } }
 
 func build(e Event, opts []evOpt) Event {
 	for _, o := range opts {

@@ -9,16 +9,6 @@ import (
 	"github.com/lookback-dev/lookback/attribution"
 )
 
-// ms parses an RFC 3339 time for test tables.
-func codecMS(t testing.TB, s string) int64 {
-	t.Helper()
-	ms, err := attribution.ParseTime(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ms
-}
-
 const codecT0 = 1795860000123 // 2026-11-28T10:00:00.123Z
 
 func codecImpression() attribution.Event {

@@ -1,7 +1,6 @@
 package loadtest
 
 import (
-	"cmp"
 	"fmt"
 	"math"
 	"reflect"
@@ -22,11 +21,6 @@ type rowKey struct {
 
 func rowKeyOf(r *attribution.AttributionRow) rowKey {
 	return rowKey{r.ConversionID, r.Model, r.TouchType, r.TouchID}
-}
-
-func compareRowKeys(a, b rowKey) int {
-	return cmp.Or(cmp.Compare(a.conversion, b.conversion), cmp.Compare(a.model, b.model),
-		cmp.Compare(a.touchType, b.touchType), cmp.Compare(a.touch, b.touch))
 }
 
 func (k rowKey) String() string {

@@ -49,32 +49,8 @@ func prepareBatch(facts *attribution.Facts) *factBatch {
 	if facts == nil {
 		return b
 	}
-	if n := len(facts.Impressions); n > 0 {
-		seen := make(map[string]int, n)
-		b.impressions = make([]*attribution.ImpressionFact, 0, n)
-		for i := range facts.Impressions {
-			f := &facts.Impressions[i]
-			if j, ok := seen[f.ImpressionID]; ok {
-				b.impressions[j] = f
-				continue
-			}
-			seen[f.ImpressionID] = len(b.impressions)
-			b.impressions = append(b.impressions, f)
-		}
-	}
-	if n := len(facts.Clicks); n > 0 {
-		seen := make(map[string]int, n)
-		b.clicks = make([]*attribution.ClickFact, 0, n)
-		for i := range facts.Clicks {
-			f := &facts.Clicks[i]
-			if j, ok := seen[f.ClickID]; ok {
-				b.clicks[j] = f
-				continue
-			}
-			seen[f.ClickID] = len(b.clicks)
-			b.clicks = append(b.clicks, f)
-		}
-	}
+	b.impressions = lastByID(facts.Impressions, func(f *attribution.ImpressionFact) string { return f.ImpressionID })
+	b.clicks = lastByID(facts.Clicks, func(f *attribution.ClickFact) string { return f.ClickID })
 	if n := len(facts.Conversions); n > 0 {
 		// Walk backwards so that the last fact of a (conversion, model)
 		// claims the key first; then restore the forward order.
@@ -284,4 +260,25 @@ func attributionLess(a, b *attribution.AttributionRow) bool {
 		return a.TouchType < b.TouchType
 	}
 	return a.TouchID < b.TouchID
+}
+
+// lastByID returns pointers to facts with one per id, the last fact of an
+// id in the place of its first (a later fact replaces an earlier one, as an
+// impression joined to a late bid replaces its unjoined fact).
+func lastByID[F any](facts []F, id func(*F) string) []*F {
+	if len(facts) == 0 {
+		return nil
+	}
+	seen := make(map[string]int, len(facts))
+	out := make([]*F, 0, len(facts))
+	for i := range facts {
+		f := &facts[i]
+		if j, ok := seen[id(f)]; ok {
+			out[j] = f
+			continue
+		}
+		seen[id(f)] = len(out)
+		out = append(out, f)
+	}
+	return out
 }
