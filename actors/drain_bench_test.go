@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"testing"
 	"time"
@@ -93,6 +95,10 @@ func mixedEvents(seed uint64, n, users int, end time.Time, funnel bool) []attrib
 // to PostgreSQL and states to Redis. It reports events/s, and the mean
 // checkpoint and warehouse durations.
 func BenchmarkDrain(b *testing.B) {
+	// As lookback serve runs the engine.
+	if os.Getenv("GOGC") == "" {
+		defer debug.SetGCPercent(debug.SetGCPercent(GCPercent))
+	}
 	n := benchEvents()
 	c := newTestCluster(b, 12)
 	// LOOKBACK_BENCH_MIX=funnel: 60% bids, 30% impressions, 8% clicks, 2%
@@ -136,15 +142,36 @@ func BenchmarkDrain(b *testing.B) {
 			sink = pg
 		}
 		runtime.GC()
+		// LOOKBACK_BENCH_CPUPROFILE: a CPU profile of the drain alone,
+		// without generating and producing the backlog.
+		if path := os.Getenv("LOOKBACK_BENCH_CPUPROFILE"); path != "" {
+			f, err := os.Create(path)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			defer pprof.StopCPUProfile()
+		}
 		b.StartTimer()
+		cpu0 := processCPU(b)
 		t0 := time.Now()
 		node := c.startNode(nodeOptions{rules: rules, store: store, sink: sink, nodeID: testenv.Name("bench-"), config: func(cfg *Config) {
 			cfg.CheckpointInterval = time.Second
 		}})
 		// Drained: every record read and a checkpoint completed after it.
-		var readAt time.Time
+		var readAt, tracedAt time.Time
+		trace := os.Getenv("LOOKBACK_BENCH_TRACE") != ""
 		testenv.CheckFor(b, 10*time.Minute, 50*time.Millisecond, func() error {
 			read := testutilGauge(b, node.reg, "lookback_ingest_records_total")
+			if trace && time.Since(tracedAt) >= 250*time.Millisecond {
+				tracedAt = time.Now()
+				b.Logf("%5.2fs buffered %7.0f read %7.0f applied %7.0f facts %7.0f checkpoints %3.0f paused %v", time.Since(t0).Seconds(), testutilGauge(b, node.reg, "lookback_buffered_records"), read,
+					testutilGauge(b, node.reg, "lookback_events_applied_total"), testutilGauge(b, node.reg, "lookback_facts_written_total"),
+					float64(histCount(b, node.reg, "lookback_checkpoint_duration_seconds")), testutilGauge(b, node.reg, "lookback_consumer_paused_inputs"))
+			}
 			if read < float64(n) {
 				return fmt.Errorf("%v of %d records read", read, n)
 			}
@@ -158,7 +185,11 @@ func BenchmarkDrain(b *testing.B) {
 			return nil
 		})
 		elapsed := time.Since(t0)
+		cpu := processCPU(b) - cpu0
 		b.StopTimer()
+		// The process's CPU (broker included) per second of drain: near 2
+		// means this node kept both cores of this machine busy.
+		b.ReportMetric(cpu.Seconds()/elapsed.Seconds(), "cores")
 		b.ReportMetric(float64(n)/elapsed.Seconds(), "events/s")
 		b.ReportMetric(float64(n)/readAt.Sub(t0).Seconds(), "read-events/s")
 		b.ReportMetric(histMean(b, node, "lookback_checkpoint_duration_seconds", ""), "checkpoint-s")

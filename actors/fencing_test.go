@@ -289,3 +289,85 @@ func snapshotMatches(ctx context.Context, r persist.SnapshotReader, want *persis
 	}
 	return nil
 }
+
+// TestStopDuringCheckpoint stops an engine while a checkpoint waits at the
+// warehouse: that checkpoint has taken its users' facts, so it must still
+// become durable before the final one commits offsets past them. A
+// restart then finds the warehouse exact and nothing left to replay.
+func TestStopDuringCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	rules := allModels(t)
+	client, prefix := testenv.Redis(t)
+	storeCfg := persist.DefaultRedisStoreConfig()
+	storeCfg.KeyPrefix = prefix
+	store, err := persist.NewRedisStore(client, storeCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := persist.OpenSink(ctx, testenv.PostgresSchema(t), persist.DefaultSinkConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	if err := persist.Migrate(ctx, sink.Pool(), sink.Dialect()); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.NodeID, cfg.Partitions, cfg.Rules = "node-a", 1, rules
+	cfg.CheckpointInterval = 100 * time.Millisecond
+	cfg.Watermark.AllowedLateness = 5 * time.Second
+	cfg.Watermark.IdleTimeout = 300 * time.Millisecond
+	gated := &gatedSink{FactSink: sink, blocked: make(chan int, 16)}
+	e, err := NewEngine(cfg, store, gated, nil, testLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	e.Attach(nopKafka{})
+	if _, err := e.Assign(ctx, 1, []int32{0}); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- e.Run(runCtx) }()
+
+	stream := fencingStream(3, 300, time.Now().Add(-2*time.Hour).UnixMilli())
+	gated.close()
+	var in streamBatches
+	if err := e.Handle(ctx, in.batches(stream, 50, true)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-gated.blocked:
+		if n == 0 {
+			t.Fatal("the checkpoint blocked with no facts")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no checkpoint reached the warehouse")
+	}
+	stop()
+	// The stop must wait for the blocked checkpoint rather than abandon it.
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned while a checkpoint was in progress: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	gated.open()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if err := snapshotMatches(ctx, sink, referenceFacts(t, rules, stream)); err != nil {
+		t.Fatal(err)
+	}
+	// Every record's effect is durable: the stored offsets are past the
+	// whole stream.
+	stored, err := store.Claim(ctx, 0, persist.Owner{Node: "node-b", Generation: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, next := range in.next {
+		if got := stored[cfg.Topics.Inputs()[i]]; next > 0 && got != next {
+			t.Errorf("input %d: stored offset %d, want %d (the end of the stream)", i, got, next)
+		}
+	}
+}

@@ -41,7 +41,7 @@ type lookupRequest struct{ userID string }
 
 type partitionCheckpoint struct {
 	partition int32
-	facts     attribution.Facts
+	facts     []attribution.Facts // per flushed user: joined once, by the engine
 	states    []persist.UserState
 	offsets   [ingest.NumInputs]int64
 	stats     applyStats
@@ -61,7 +61,14 @@ type loadRequest struct {
 
 // user actor inbox
 
-type applyMsg struct{ records []ingest.Record }
+// applyMsg carries records to apply: all of records, or those of chunks
+// that order lists, in that order. Chunks are shared with other users'
+// messages: read-only.
+type applyMsg struct {
+	records []ingest.Record
+	chunks  recordChunks
+	order   []int32
+}
 
 type flushRequest struct{ seq uint64 }
 
@@ -88,7 +95,6 @@ type applyStats struct {
 	evicted    uint64
 	late       uint64
 	panics     uint64
-	invalid    uint64
 	organic    uint64 // conversions attributed to no touch
 }
 
@@ -100,6 +106,5 @@ func (s *applyStats) add(o *applyStats) {
 	s.evicted += o.evicted
 	s.late += o.late
 	s.panics += o.panics
-	s.invalid += o.invalid
 	s.organic += o.organic
 }

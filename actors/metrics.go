@@ -18,7 +18,6 @@ type metrics struct {
 	late              prometheus.Counter
 	evicted           prometheus.Counter
 	panics            prometheus.Counter
-	invalid           prometheus.Counter
 	conversions       *prometheus.CounterVec
 	facts             *prometheus.CounterVec
 	checkpointSeconds prometheus.Histogram
@@ -41,7 +40,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	durations := []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 	m := &metrics{
 		applied: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "lookback_events_applied_total", Help: "Events applied to user states, by type (duplicates excluded).",
+			Name: "lookback_events_applied_total", Help: "Events applied to user states and checkpointed, by type (duplicates excluded).",
 		}, []string{"type"}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lookback_events_duplicate_total", Help: "Events a user's state had already seen; they changed nothing.",
@@ -54,9 +53,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		panics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "lookback_apply_panics_total", Help: "Records whose application panicked; each was dead-lettered.",
-		}),
-		invalid: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "lookback_apply_invalid_total", Help: "Records the rules refused at application; each was dead-lettered.",
 		}),
 		conversions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lookback_conversions_total", Help: "Conversions attributed, by outcome (attributed to touches, or organic).",
@@ -108,7 +104,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 	}
 	for _, c := range []prometheus.Collector{
-		m.applied, m.duplicates, m.late, m.evicted, m.panics, m.invalid, m.conversions, m.facts, m.checkpointSeconds,
+		m.applied, m.duplicates, m.late, m.evicted, m.panics, m.conversions, m.facts, m.checkpointSeconds,
 		m.phaseSeconds, m.lastCheckpoint, m.storeErrors, m.backpressure, m.fenced, m.owned, m.activeUsers,
 		m.buffered, m.watermarkLag, m.passivated, m.usersLoaded, m.loadSeconds, m.stateErrors,
 	} {
@@ -129,7 +125,6 @@ func (m *metrics) recordStats(s *applyStats) {
 	m.late.Add(float64(s.late))
 	m.evicted.Add(float64(s.evicted))
 	m.panics.Add(float64(s.panics))
-	m.invalid.Add(float64(s.invalid))
 	m.conversions.WithLabelValues("organic").Add(float64(s.organic))
 	m.conversions.WithLabelValues("attributed").Add(float64(s.applied[attribution.TypeConversion] - s.organic))
 }

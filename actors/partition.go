@@ -27,12 +27,13 @@ type partitionActor struct {
 	// nextUser: one Props per partition rather than one per user.
 	userProps *actor.Props
 	nextUser  *userActor
-	// routed collects a release's records for active users, and group
-	// each such user's count, then its range in one shared backing array;
-	// both are reused between releases.
-	routed []ingest.Record
-	group  map[string]span
-	toLoad []string
+	// routed collects a release's records for active users, in release
+	// order; routedTo is each one's user, and routedUsers the users, each
+	// once. New chunks per release: the users' actors read them.
+	routed      recordChunks
+	routedTo    []*userEntry
+	routedUsers []*userEntry
+	toLoad      []string
 }
 
 type userEntry struct {
@@ -43,6 +44,9 @@ type userEntry struct {
 	// flushedSeq is the checkpoint that last flushed the user, until it is
 	// committed (then 0): the user may not be passivated before that.
 	flushedSeq uint64
+	// routed counts the user's records in the release being routed; at
+	// dispatch, start is where its indices begin.
+	routed, start int32
 }
 
 // loadingUser is a user whose stored state is being loaded: records and
@@ -67,7 +71,6 @@ func newPartitionActor(e *Engine, env *partitionEnv, resume [ingest.NumInputs]in
 		next:    resume,
 		users:   map[string]*userEntry{},
 		loading: map[string]*loadingUser{},
-		group:   map[string]span{},
 	}
 }
 
@@ -127,7 +130,7 @@ func (p *partitionActor) onBatch(ctx actor.Context, b *ingest.PartitionBatch) {
 		rec := &b.Records[i]
 		if p.seq.Add(rec.Input, rec.Offset, &rec.Event, now) {
 			p.stats.late++
-			p.route(*rec)
+			p.route(rec.Input, rec.Offset, &rec.Event)
 		}
 	}
 	p.release(ctx, now)
@@ -149,25 +152,26 @@ func (p *partitionActor) onTick(ctx actor.Context) {
 // release hands every record the watermark has passed to its user, then
 // re-evaluates which inputs to pause.
 func (p *partitionActor) release(ctx actor.Context, now int64) {
-	p.seq.Release(now, func(input int, pos int64, ev *attribution.Event) {
-		p.route(ingest.Record{Input: input, Offset: pos, Event: *ev})
-	})
+	p.seq.Release(now, p.route)
 	p.dispatch(ctx, now)
 	p.updatePauses(now)
 }
 
 // route queues a record for its user: to the user's actor, or behind the
 // load of its state.
-func (p *partitionActor) route(rec ingest.Record) {
-	user := rec.Event.UserID
-	if _, ok := p.users[user]; ok {
-		p.routed = append(p.routed, rec)
-		sp := p.group[user]
-		sp.n++
-		p.group[user] = sp
+func (p *partitionActor) route(input int, pos int64, ev *attribution.Event) {
+	user := ev.UserID
+	if u, ok := p.users[user]; ok {
+		*p.routed.next() = ingest.Record{Input: input, Offset: pos, Event: *ev}
+		p.routedTo = append(p.routedTo, u)
+		if u.routed == 0 {
+			p.routedUsers = append(p.routedUsers, u)
+		}
+		u.routed++
 		return
 	}
 	p.waiting++
+	rec := ingest.Record{Input: input, Offset: pos, Event: *ev}
 	if l, ok := p.loading[user]; ok {
 		l.records = append(l.records, rec)
 		return
@@ -176,42 +180,59 @@ func (p *partitionActor) route(rec ingest.Record) {
 	p.toLoad = append(p.toLoad, user)
 }
 
-// span is a user's range of a release's shared backing array.
-type span struct{ start, n int32 }
-
 // dispatch sends each user its routed records in one message, and asks
 // the loader for the users it must load first. The users of one release
-// share one backing array: one allocation per release, not one per user.
+// share its records and one array of indices: a few allocations per
+// release, not one per user, and each record copied once.
 func (p *partitionActor) dispatch(ctx actor.Context, now int64) {
-	if len(p.routed) > 0 {
-		backing := make([]ingest.Record, len(p.routed))
+	if len(p.routedTo) > 0 {
+		order := make([]int32, len(p.routedTo))
 		next := int32(0)
-		for user, sp := range p.group {
-			p.group[user] = span{start: next}
-			next += sp.n
+		for _, u := range p.routedUsers {
+			u.start, next = next, next+u.routed
+			u.routed = 0
 		}
-		for i := range p.routed {
-			user := p.routed[i].Event.UserID
-			sp := p.group[user]
-			backing[sp.start+sp.n] = p.routed[i]
-			sp.n++
-			p.group[user] = sp
+		for i, u := range p.routedTo {
+			order[u.start+u.routed] = int32(i)
+			u.routed++
 		}
-		for user, sp := range p.group {
-			u := p.users[user]
-			ctx.Send(u.pid, &applyMsg{records: backing[sp.start : sp.start+sp.n : sp.start+sp.n]})
+		for _, u := range p.routedUsers {
+			ctx.Send(u.pid, &applyMsg{chunks: p.routed, order: order[u.start : u.start+u.routed : u.start+u.routed]})
+			u.routed = 0
 			u.dirty = true
 			u.lastActive = now
 		}
-		clear(p.routed)
-		p.routed = p.routed[:0]
-		clear(p.group)
+		p.routed = nil
+		clear(p.routedTo)
+		p.routedTo = p.routedTo[:0]
+		clear(p.routedUsers)
+		p.routedUsers = p.routedUsers[:0]
 	}
 	if len(p.toLoad) > 0 {
 		ctx.Request(p.loader, &loadRequest{users: p.toLoad})
 		p.toLoad = nil
 	}
 }
+
+// recordChunks holds a release's records in chunks of a fixed size, so
+// that a large release (all that a backlog's watermark passes at once)
+// grows without copying the records it holds.
+type recordChunks [][]ingest.Record
+
+const recordChunk = 256
+
+// next appends a zero record and returns it.
+func (c *recordChunks) next() *ingest.Record {
+	if n := len(*c); n == 0 || len((*c)[n-1]) == recordChunk {
+		*c = append(*c, make([]ingest.Record, 0, recordChunk))
+	}
+	last := &(*c)[len(*c)-1]
+	*last = append(*last, ingest.Record{})
+	return &(*last)[len(*last)-1]
+}
+
+// at returns the i-th record.
+func (c recordChunks) at(i int32) *ingest.Record { return &c[i/recordChunk][i%recordChunk] }
 
 // updatePauses pauses an input that runs more than the max skew ahead
 // (watermark alignment); every input under backpressure or while too many
@@ -282,7 +303,9 @@ func (p *partitionActor) onFlushReply(ctx actor.Context, r *flushReply) {
 	if c == nil || r.seq != c.seq {
 		return // cannot happen: one checkpoint at a time, answered in order
 	}
-	c.result.facts.Append(&r.facts)
+	if r.facts.Len() > 0 {
+		c.result.facts = append(c.result.facts, r.facts)
+	}
 	c.result.states = append(c.result.states, persist.UserState{UserID: r.userID, State: r.state})
 	c.result.stats.add(&r.stats)
 	if c.waiting--; c.waiting == 0 {

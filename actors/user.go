@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -55,6 +56,11 @@ func (u *userActor) decodeCold() attribution.State {
 	return s
 }
 
+// encodeScratch holds buffers to encode states into before they are
+// copied at their exact size: growing each encoding from nothing cost more
+// than encoding.
+var encodeScratch = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
 // partitionEnv is what a partition's actors share: read-only after start.
 type partitionEnv struct {
 	partition int32
@@ -78,10 +84,14 @@ func (u *userActor) Receive(ctx actor.Context) {
 		for i := range m.records {
 			u.apply(h, &m.records[i])
 		}
+		for _, i := range m.order {
+			u.apply(h, m.chunks.at(i))
+		}
 	case *flushRequest:
 		reply := &flushReply{userID: u.userID, seq: m.seq, state: u.cold}
 		if h := u.hot; h != nil {
-			enc, err := h.state.AppendBinary(nil)
+			scratch := encodeScratch.Get().(*[]byte)
+			enc, err := h.state.AppendBinary((*scratch)[:0])
 			if err != nil {
 				// Encoding a valid state cannot fail; if it ever does,
 				// the checkpoint must not silently drop this user.
@@ -89,6 +99,8 @@ func (u *userActor) Receive(ctx actor.Context) {
 			}
 			// Exactly sized: it stays in memory as the cold copy.
 			reply.state = bytes.Clone(enc)
+			*scratch = enc
+			encodeScratch.Put(scratch)
 			reply.facts, reply.stats = h.facts, h.stats
 		}
 		ctx.Respond(reply)
@@ -117,14 +129,8 @@ func (u *userActor) apply(h *hotState, rec *ingest.Record) {
 			u.deadLetter(rec, fmt.Errorf("panic while applying: %v", r))
 		}
 	}()
-	o, err := u.env.rules.Apply(&h.state, &rec.Event, &h.facts)
-	if err != nil {
-		// Decoders validate every record, so this is a record that
-		// changed meaning between versions: dead-letter it too.
-		h.stats.invalid++
-		u.deadLetter(rec, err)
-		return
-	}
+	// Records come from the decoders, which validated them.
+	o := u.env.rules.ApplyValid(&h.state, &rec.Event, &h.facts)
 	if o.Duplicate {
 		h.stats.duplicates++
 	} else {

@@ -109,24 +109,32 @@ func (s *State) Empty() bool {
 	return len(s.touches) == 0 && len(s.bids) == 0 && len(s.convs) == 0 && len(s.forgotten) == 0 && s.latest == 0
 }
 
-// Apply applies one event to the user's state and appends the facts it
-// produces to out. An invalid event returns a *ValidationError and leaves
-// the state unchanged. Events must be applied in (time, type, id) order for
-// results that do not depend on arrival order (see Sequencer); an event
-// older than the state's latest (a late one) is still applied.
+// Apply validates an event, then applies it (see ApplyValid). An invalid
+// event returns a *ValidationError and leaves the state unchanged.
 func (r *Rules) Apply(s *State, ev *Event, out *Facts) (Outcome, error) {
 	if err := ev.Validate(); err != nil {
 		return Outcome{}, err
 	}
+	return r.ApplyValid(s, ev, out), nil
+}
+
+// ApplyValid applies one event that has passed Validate to the user's
+// state and appends the facts it produces to out. Decoders validate every
+// event they return, and validating again would cost about as much as
+// applying; an event that has not passed Validate may corrupt the state.
+// Events must be applied in (time, type, id) order for results that do not
+// depend on arrival order (see Sequencer); an event older than the state's
+// latest (a late one) is still applied.
+func (r *Rules) ApplyValid(s *State, ev *Event, out *Facts) Outcome {
 	switch ev.Type {
 	case TypeImpression:
-		return r.applyImpression(s, ev, out), nil
+		return r.applyImpression(s, ev, out)
 	case TypeClick:
-		return r.applyClick(s, ev, out), nil
+		return r.applyClick(s, ev, out)
 	case TypeConversion:
-		return r.applyConversion(s, ev, out), nil
+		return r.applyConversion(s, ev, out)
 	default:
-		return r.applyBid(s, ev, out), nil
+		return r.applyBid(s, ev, out)
 	}
 }
 

@@ -188,7 +188,7 @@ func (r *DrainResult) deltas(m, base Metrics) {
 	r.Ingested = d(metricIngested)
 	r.Applies, r.Duplicates, r.Late = d(metricApplied), d(metricDuplicates), d(metricLate)
 	r.Evicted, r.FactsWritten = d(metricEvicted), d(metricFactsWritten)
-	r.Rejected = d(metricDeadLetters, metricApplyInvalid, metricApplyPanics)
+	r.Rejected = d(metricDeadLetters, metricApplyPanics)
 	r.Buffered = m.Sum(metricBuffered)
 }
 

@@ -48,7 +48,6 @@ const (
 	metricLate           = "lookback_events_late_total"
 	metricEvicted        = "lookback_touches_evicted_total"
 	metricDeadLetters    = "lookback_deadletter_records_total"
-	metricApplyInvalid   = "lookback_apply_invalid_total"
 	metricApplyPanics    = "lookback_apply_panics_total"
 	metricCheckpoints    = "lookback_checkpoint_duration_seconds_count"
 	metricFactsWritten   = "lookback_facts_written_total"

@@ -41,6 +41,54 @@ func (b *factBatch) empty() bool {
 	return len(b.impressions) == 0 && len(b.clicks) == 0 && len(b.rows) == 0
 }
 
+// rowCount is the warehouse rows the batch writes.
+func (b *factBatch) rowCount() int {
+	return len(b.impressions) + len(b.clicks) + len(b.rows)
+}
+
+// split deals the batch into n parts by a hash of the key: the impression
+// id, the click id, and the conversion id (so that all the rows of a
+// conversion, under every model, are in one part, which replaces them as a
+// whole). Parts share no key, so concurrent transactions writing them
+// touch disjoint rows. A part may be empty.
+func (b *factBatch) split(n int) []*factBatch {
+	parts := make([]*factBatch, n)
+	for i := range parts {
+		parts[i] = &factBatch{
+			impressions: make([]*attribution.ImpressionFact, 0, len(b.impressions)/n+len(b.impressions)/(4*n)),
+			clicks:      make([]*attribution.ClickFact, 0, len(b.clicks)/n+len(b.clicks)/(4*n)),
+			rows:        make([]attribution.AttributionRow, 0, len(b.rows)/n+len(b.rows)/(4*n)),
+		}
+	}
+	for _, f := range b.impressions {
+		p := parts[keyPart(f.ImpressionID, n)]
+		p.impressions = append(p.impressions, f)
+	}
+	for _, f := range b.clicks {
+		p := parts[keyPart(f.ClickID, n)]
+		p.clicks = append(p.clicks, f)
+	}
+	for _, g := range b.groups {
+		p := parts[keyPart(g.key.ID, n)]
+		start := len(p.rows)
+		p.rows = append(p.rows, b.rows[g.start:g.end]...)
+		p.groups = append(p.groups, rowGroup{key: g.key, start: start, end: len(p.rows)})
+	}
+	return parts
+}
+
+// keyPart maps a key to one of n parts by its 32-bit FNV-1a hash: spread
+// evenly over ids that differ in their last digits, and the same in every
+// process, so that "part 2 of 3" names the same keys on every retry.
+func keyPart(key string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
+}
+
 // prepareBatch dedupes facts as described at factBatch. Impressions and
 // clicks keep the position of an id's first fact and the content of its
 // last.

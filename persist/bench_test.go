@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/lookback-dev/lookback/attribution"
 	"github.com/lookback-dev/lookback/persist"
 	"github.com/lookback-dev/lookback/persist/persisttest"
 )
@@ -80,13 +81,19 @@ func BenchmarkFileStoreCommit(b *testing.B) {
 // benchWrite writes 10,000 new mixed facts per op (4,000 impressions,
 // 4,000 clicks, 2,000 conversions) and reports warehouse rows per second.
 func benchWrite(b *testing.B, sink persist.FactSink) {
+	benchWriteFacts(b, sink, func(g *persisttest.Gen) *attribution.Facts { return g.Facts(4000, 4000, 2000) })
+}
+
+// benchWriteFacts writes a batch of facts per op and reports warehouse
+// rows per second.
+func benchWriteFacts(b *testing.B, sink persist.FactSink, facts func(*persisttest.Gen) *attribution.Facts) {
 	ctx := context.Background()
 	g := persisttest.NewGen(1, "bench-")
 	var rows int
 	var elapsed time.Duration
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		f := g.Facts(4000, 4000, 2000)
+		f := facts(g)
 		rows += persisttest.Rows(f)
 		b.StartTimer()
 		start := time.Now()
@@ -105,6 +112,29 @@ func BenchmarkPostgresSinkWrite(b *testing.B) {
 		b.Fatal(err)
 	}
 	benchWrite(b, persist.NewPostgresSink(pool))
+}
+
+// BenchmarkPostgresSinkWriteLarge writes batches of new facts in a
+// catch-up's mix (60% impressions, 30% clicks, 10% attribution rows) in
+// one transaction and in two concurrent ones, at sizes around the split
+// threshold (defaultMinPartRows) and at the engine's largest Write.
+func BenchmarkPostgresSinkWriteLarge(b *testing.B) {
+	for _, rows := range []int{10_000, 20_000, 50_000, 200_000} {
+		for _, par := range []int{1, 2} {
+			b.Run(fmt.Sprintf("rows=%d/parallelism=%d", rows, par), func(b *testing.B) {
+				pool, _ := persist.PGTestSchema(b, pgx.QueryExecModeCacheStatement)
+				if err := persist.Migrate(context.Background(), pool, persist.Postgres); err != nil {
+					b.Fatal(err)
+				}
+				// Split whatever the size: this measures the threshold.
+				sink := persist.PostgresTestSink(pool, par, 1)
+				// A conversion makes 4.65 rows on average.
+				benchWriteFacts(b, sink, func(g *persisttest.Gen) *attribution.Facts {
+					return g.Facts(rows*6/10, rows*3/10, rows/10*100/465)
+				})
+			})
+		}
+	}
 }
 
 // BenchmarkRedshiftSinkWrite runs the Redshift dialect against PostgreSQL:

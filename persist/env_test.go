@@ -57,3 +57,12 @@ func RedisTestClient(t testing.TB) (*redis.Client, string) {
 	t.Helper()
 	return testenv.Redis(t)
 }
+
+// PostgresTestSink returns a PostgresSink that splits a Write into up to
+// parallelism transactions of at least minPartRows rows each (whatever the
+// pool's size).
+func PostgresTestSink(pool *pgxpool.Pool, parallelism, minPartRows int) *PostgresSink {
+	s := NewPostgresSink(pool)
+	s.parallelism, s.minPartRows = parallelism, minPartRows
+	return s
+}

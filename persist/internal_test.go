@@ -177,3 +177,109 @@ func TestPrepareBatch(t *testing.T) {
 		t.Fatal("empty batch not empty")
 	}
 }
+
+// TestSplitBatch: the parts of a batch partition its keys (a conversion's
+// rows under every model in one part), keep every row and group, and are
+// of about equal size.
+func TestSplitBatch(t *testing.T) {
+	f := &attribution.Facts{}
+	for i := range 30000 {
+		f.Impressions = append(f.Impressions, attribution.ImpressionFact{ImpressionID: "imp-" + strconv.Itoa(i)})
+	}
+	for i := range 15000 {
+		f.Clicks = append(f.Clicks, attribution.ClickFact{ClickID: "clk-" + strconv.Itoa(i)})
+	}
+	for i := range 3000 {
+		c := attribution.ConversionFact{Conversion: attribution.Conversion{ID: "conv-" + strconv.Itoa(i)},
+			Models: []attribution.Model{attribution.LastTouch, attribution.Linear}}
+		for j := range 1 + i%3 {
+			c.Path = append(c.Path, attribution.PathTouch{Type: attribution.TypeClick, ID: "k" + strconv.Itoa(j)})
+		}
+		for range c.Models {
+			for range c.Path {
+				c.Credits = append(c.Credits, 1/float64(len(c.Path)))
+			}
+		}
+		f.Conversions = append(f.Conversions, c)
+	}
+	b := prepareBatch(f)
+	for _, n := range []int{1, 2, 3, 8} {
+		parts := b.split(n)
+		if len(parts) != n {
+			t.Fatalf("split(%d): %d parts", n, len(parts))
+		}
+		imp, clk := map[string]int{}, map[string]int{}
+		conv := map[string]int{}
+		var rows, groups int
+		for p, part := range parts {
+			for _, x := range part.impressions {
+				imp[x.ImpressionID]++
+			}
+			for _, x := range part.clicks {
+				clk[x.ClickID]++
+			}
+			for _, g := range part.groups {
+				for _, r := range part.rows[g.start:g.end] {
+					if r.ConversionID != g.key.ID || r.Model != g.key.Model {
+						t.Fatalf("split(%d): part %d: row %+v in group %+v", n, p, r, g.key)
+					}
+				}
+				if q, ok := conv[g.key.ID]; ok && q != p {
+					t.Fatalf("split(%d): conversion %s in parts %d and %d", n, g.key.ID, q, p)
+				}
+				conv[g.key.ID] = p
+			}
+			rows += len(part.rows)
+			groups += len(part.groups)
+			if got, want := part.rowCount(), b.rowCount()/n; got < want*9/10 || got > want*11/10 {
+				t.Errorf("split(%d): part %d has %d rows, want about %d", n, p, got, want)
+			}
+		}
+		if len(imp) != len(b.impressions) || len(clk) != len(b.clicks) || len(conv) != 3000 ||
+			rows != len(b.rows) || groups != len(b.groups) {
+			t.Fatalf("split(%d): %d impressions, %d clicks, %d conversions, %d rows, %d groups; want %d, %d, 3000, %d, %d",
+				n, len(imp), len(clk), len(conv), rows, groups, len(b.impressions), len(b.clicks), len(b.rows), len(b.groups))
+		}
+		for id, k := range imp {
+			if k != 1 {
+				t.Fatalf("split(%d): impression %s in %d parts", n, id, k)
+			}
+		}
+		for id, k := range clk {
+			if k != 1 {
+				t.Fatalf("split(%d): click %s in %d parts", n, id, k)
+			}
+		}
+	}
+}
+
+// TestWriteParallelism: OpenSink passes WriteParallelism through, lowered
+// so that one connection of the pool stays free for Snapshot and Migrate.
+func TestWriteParallelism(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		cfg  SinkConfig
+		want int
+	}{
+		{SinkConfig{}, 2},
+		{DefaultSinkConfig(), 2},
+		{SinkConfig{WriteParallelism: 1}, 1},
+		{SinkConfig{WriteParallelism: 3, MaxConns: 8}, 3},
+		{SinkConfig{WriteParallelism: 4}, 3},
+		{SinkConfig{MaxConns: 2}, 1},
+		{SinkConfig{MaxConns: 1}, 1},
+	} {
+		s, err := OpenSink(ctx, PGTestDSN(), tc.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.(*PostgresSink).parallelism; got != tc.want {
+			t.Errorf("%+v: parallelism %d, want %d", tc.cfg, got, tc.want)
+		}
+		s.Close()
+	}
+	pool, _ := PGTestSchema(t, pgx.QueryExecModeExec) // MaxConns 4
+	if got := NewPostgresSink(pool).parallelism; got != 2 {
+		t.Errorf("NewPostgresSink: parallelism %d, want 2", got)
+	}
+}

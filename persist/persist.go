@@ -91,7 +91,10 @@ type CheckpointStore interface {
 // clicks are upserted by id (the last fact of an id in a batch wins); a
 // conversion's rows are replaced as a whole, per (conversion id, model).
 // Writing the same facts again, in the same or other batches, leaves one
-// copy. A Write is all or nothing.
+// copy. A Write is all or nothing per key: a failed Write may have written
+// some of its facts (PostgresSink writes a large batch as concurrent
+// transactions), but never part of an impression, a click or a
+// conversion's rows, and retrying it completes it.
 type FactSink interface {
 	Write(ctx context.Context, facts *attribution.Facts) error
 	Close() error

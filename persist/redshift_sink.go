@@ -77,6 +77,13 @@ func (c RedshiftConfig) Validate() error {
 // format): no prepared statement cache to go stale when the staging tables
 // are recreated.
 //
+// Unlike PostgresSink, a Write is never split into concurrent
+// transactions (SinkConfig.WriteParallelism does not apply): Redshift's
+// INSERT and DELETE take a write lock on the whole table, so concurrent
+// writers to one table wait for each other (parts would gain nothing), and
+// they risk serializable isolation violations (or, under snapshot
+// isolation, deadlocks) besides.
+//
 // The same DML runs on PostgreSQL, which is how it is tested.
 type RedshiftSink struct {
 	pool     *pgxpool.Pool

@@ -27,14 +27,22 @@ type WarehouseSink interface {
 
 // SinkConfig configures OpenSink.
 type SinkConfig struct {
-	// MaxConns bounds the pool. A sink needs one connection per
-	// concurrent Write; Snapshot and Migrate take one more. Default 4.
+	// MaxConns bounds the pool. A Write takes one connection, or up to
+	// WriteParallelism on PostgreSQL; Snapshot and Migrate take one more.
+	// So MaxConns must exceed WriteParallelism: when it does not, the
+	// parallelism is lowered to MaxConns-1 (at least 1). Default 4.
 	MaxConns int32
 	// MaxConnLifetime closes connections older than this. Default 1h.
 	MaxConnLifetime time.Duration
 	// ConnectTimeout bounds establishing one connection when the DSN sets
 	// none. Default 10s.
 	ConnectTimeout time.Duration
+	// WriteParallelism is the concurrent transactions of one large
+	// PostgreSQL Write, each on its own connection, so that PostgreSQL
+	// merges it on as many cores (a backend uses one). A batch is split
+	// only into parts of at least 10k rows. Redshift ignores it: its Write
+	// is always one transaction. Default 2.
+	WriteParallelism int
 	// Redshift tunes the Redshift dialect.
 	Redshift RedshiftConfig
 }
@@ -42,10 +50,11 @@ type SinkConfig struct {
 // DefaultSinkConfig returns the defaults.
 func DefaultSinkConfig() SinkConfig {
 	return SinkConfig{
-		MaxConns:        4,
-		MaxConnLifetime: time.Hour,
-		ConnectTimeout:  10 * time.Second,
-		Redshift:        DefaultRedshiftConfig(),
+		MaxConns:         4,
+		MaxConnLifetime:  time.Hour,
+		ConnectTimeout:   10 * time.Second,
+		WriteParallelism: 2,
+		Redshift:         DefaultRedshiftConfig(),
 	}
 }
 
@@ -60,6 +69,9 @@ func (c SinkConfig) withDefaults() SinkConfig {
 	}
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = d.ConnectTimeout
+	}
+	if c.WriteParallelism == 0 {
+		c.WriteParallelism = d.WriteParallelism
 	}
 	c.Redshift = c.Redshift.withDefaults()
 	return c
@@ -76,6 +88,9 @@ func (c SinkConfig) Validate() error {
 	}
 	if c.ConnectTimeout < 0 {
 		return fmt.Errorf("sink connect timeout %v: want positive", c.ConnectTimeout)
+	}
+	if c.WriteParallelism < 1 {
+		return fmt.Errorf("sink write parallelism %d: want at least 1", c.WriteParallelism)
 	}
 	return c.Redshift.Validate()
 }
@@ -126,7 +141,7 @@ func OpenSink(ctx context.Context, dsn string, cfg SinkConfig) (WarehouseSink, e
 		s.ownsPool = true
 		return s, nil
 	}
-	s := NewPostgresSink(pool)
+	s := newPostgresSink(pool, cfg.WriteParallelism)
 	s.ownsPool = true
 	return s, nil
 }

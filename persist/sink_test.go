@@ -3,13 +3,17 @@ package persist_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lookback-dev/lookback/attribution"
 	"github.com/lookback-dev/lookback/persist"
@@ -299,6 +303,7 @@ func TestSinkConfigValidate(t *testing.T) {
 	}
 	for _, bad := range []persist.SinkConfig{
 		{MaxConns: -1},
+		{WriteParallelism: -1},
 		{Redshift: persist.RedshiftConfig{MaxParams: 40000}},
 		{Redshift: persist.RedshiftConfig{MaxParams: 5}},
 		{Redshift: persist.RedshiftConfig{MaxStatementBytes: 32 << 20}},
@@ -311,4 +316,154 @@ func TestSinkConfigValidate(t *testing.T) {
 	if (persist.FileSinkConfig{}).Validate() == nil {
 		t.Error("FileSinkConfig without Dir validated")
 	}
+}
+
+// TestPostgresSinkSplit runs the suite with every batch of three rows or
+// more split into three concurrent transactions.
+func TestPostgresSinkSplit(t *testing.T) {
+	persisttest.TestFactSink(t, func(t *testing.T) persist.FactSink {
+		pool, _ := persist.PGTestSchema(t, pgx.QueryExecModeCacheStatement)
+		if err := persist.Migrate(context.Background(), pool, persist.Postgres); err != nil {
+			t.Fatal(err)
+		}
+		return persist.PostgresTestSink(pool, 3, 1)
+	})
+}
+
+// rowVersions describes which transaction wrote each row of a table
+// (xmin), and how many transactions wrote its rows.
+func rowVersions(t *testing.T, pool *pgxpool.Pool, table, key string) (versions string, txs int) {
+	t.Helper()
+	err := pool.QueryRow(context.Background(),
+		"SELECT coalesce(md5(string_agg("+key+" || ':' || xmin::text, ',' ORDER BY "+key+")), ''), count(DISTINCT xmin::text) FROM "+table).
+		Scan(&versions, &txs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return versions, txs
+}
+
+// TestPostgresSinkLargeBatch: with the default configuration, a batch of
+// two parts' rows (10k each at least) is written in two transactions,
+// exactly; writing it again rewrites no impression or click.
+func TestPostgresSinkLargeBatch(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := persist.PGTestSchema(t, pgx.QueryExecModeCacheStatement)
+	if err := persist.Migrate(ctx, pool, persist.Postgres); err != nil {
+		t.Fatal(err)
+	}
+	s := persist.NewPostgresSink(pool)
+	ref := persisttest.NewReference()
+	f := persisttest.NewGen(12, "big-").Facts(15000, 8000, 2000)
+	if n := persisttest.Rows(f); n < 2*10000 {
+		t.Fatalf("%d rows: too few to be split", n)
+	}
+	if err := s.Write(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	ref.Apply(f)
+	check(t, s, ref)
+	tables := [][2]string{{"ad_impressions", "impression_id"}, {"ad_clicks", "click_id"},
+		{"conversion_attributions", "conversion_id || model || touch_type || touch_id"}}
+	var before [2]string
+	for i, tk := range tables {
+		v, txs := rowVersions(t, pool, tk[0], tk[1])
+		if txs != 2 {
+			t.Errorf("%s written by %d transactions, want 2", tk[0], txs)
+		}
+		if i < 2 {
+			before[i] = v
+		}
+	}
+	if err := s.Write(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	check(t, s, ref)
+	for i, tk := range tables[:2] {
+		if v, _ := rowVersions(t, pool, tk[0], tk[1]); v != before[i] {
+			t.Errorf("writing the same batch again rewrote rows of %s", tk[0])
+		}
+	}
+}
+
+// TestPostgresSinkPartFailure fails one part of a split Write (a trigger
+// raises for the part that stages a poisoned click) while the other parts
+// wait on a lock the test holds: Write must return the failure without
+// waiting for them (the failure cancels them), nothing may be committed,
+// and a retry must write the batch exactly.
+func TestPostgresSinkPartFailure(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := persist.PGTestSchema(t, pgx.QueryExecModeCacheStatement)
+	if err := persist.Migrate(ctx, pool, persist.Postgres); err != nil {
+		t.Fatal(err)
+	}
+	s := persist.PostgresTestSink(pool, 3, 100)
+	ref := persisttest.NewReference()
+	g := persisttest.NewGen(13, "pf-")
+	base := g.Facts(300, 300, 100)
+	if err := s.Write(ctx, base); err != nil {
+		t.Fatal(err)
+	}
+	ref.Apply(base)
+
+	// The next batch has new facts and changes stored ones.
+	f := g.Facts(1000, 1000, 300)
+	for _, x := range base.Impressions {
+		x.Bid = g.Bid()
+		f.Impressions = append(f.Impressions, x)
+	}
+	for _, c := range base.Conversions {
+		c.Path, c.Models, c.Credits = nil, []attribution.Model{attribution.Linear}, []float64{1}
+		f.Conversions = append(f.Conversions, c)
+	}
+	poison := f.Clicks[len(f.Clicks)/2].ClickID
+	_, err := pool.Exec(ctx, `
+CREATE FUNCTION fail_part() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM lookback_stage_ad_clicks WHERE click_id = '`+poison+`') THEN
+    RAISE EXCEPTION 'injected failure';
+  END IF;
+  PERFORM pg_advisory_xact_lock_shared(hashtext(current_schema())::bigint);
+  RETURN NULL;
+END $$;
+CREATE TRIGGER fail_part BEFORE INSERT ON ad_clicks FOR EACH STATEMENT EXECUTE FUNCTION fail_part();`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder, err := pgx.Connect(ctx, persist.PGTestDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(ctx)
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_lock(hashtext($1)::bigint)", schema); err != nil {
+		t.Fatal(err)
+	}
+
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	start := time.Now()
+	err = s.Write(wctx, f)
+	elapsed := time.Since(start)
+	cancel()
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Message != "injected failure" || !strings.Contains(err.Error(), "writing facts part ") ||
+		!strings.Contains(err.Error(), " of 3: ") {
+		t.Fatalf("Write with a failing part: %v, want the injected failure of a part of 3", err)
+	}
+	t.Logf("failed in %v: %v", elapsed, err)
+	if elapsed > 15*time.Second {
+		t.Errorf("the failure took %v: the other parts were not cancelled", elapsed)
+	}
+	check(t, s, ref) // every part rolled back
+
+	if _, err := holder.Exec(ctx, "SELECT pg_advisory_unlock(hashtext($1)::bigint)", schema); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, "DROP TRIGGER fail_part ON ad_clicks"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(ctx, f); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	ref.Apply(f)
+	check(t, s, ref)
 }
