@@ -24,6 +24,12 @@
 //     partition under its fenced claim;
 //  4. then the offsets are reported to Kafka, for lag tools only.
 //
+// The steps run as a pipeline, each in checkpoint order: while one
+// checkpoint's states go to the store, the next one's facts go to the
+// warehouse and a third is collected. Ticks, probes of the logs' ends and
+// sweeps run beside it, so a slow checkpoint does not stop the watermark's
+// clock.
+//
 // When the warehouse or the store fails, the cycle retries with backoff and
 // pauses fetching (backpressure) until it succeeds: offsets never move past
 // what is durable, and memory stays bounded. A crash replays from the last

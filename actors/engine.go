@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -145,7 +146,11 @@ type Engine struct {
 	// cycle serializes checkpoints (the periodic one and those of revoked
 	// partitions).
 	cycle sync.Mutex
-	seq   uint64
+	// inFlight counts the checkpoints the periodic pipeline has collected
+	// and not yet committed or abandoned: a checkpoint of its own (a
+	// revocation, the final one) waits for them.
+	inFlight sync.WaitGroup
+	seq      uint64
 }
 
 type partitionHandle struct {
@@ -272,12 +277,17 @@ func (e *Engine) tickLoop(ctx context.Context) error {
 	}
 }
 
-// checkpointLoop runs a checkpoint cycle every interval (or right after
-// the previous one, when it took longer) until ctx ends or one fails. A
-// cycle in progress when ctx ends still completes, within the checkpoint
-// timeout: it has taken its users' facts, and the final checkpoint must
-// not commit offsets past them. If it fails, the engine stops without one,
-// and a restart replays from the last durable checkpoint.
+// checkpointLoop runs the checkpoint cycle every interval (or right
+// after the previous collect, when the pipeline is busy) until ctx ends or
+// a checkpoint fails. The cycle is a pipeline of three stages, each in
+// checkpoint order: the next checkpoint is collected while the warehouse
+// takes the facts of the previous one and the store the states of the one
+// before, since each stage waits on a different resource. A checkpoint in
+// flight when ctx ends still becomes durable (within the checkpoint
+// timeout): its users' facts are nowhere else, and the final checkpoint
+// must not commit offsets past them. If one fails, the engine stops
+// without a final checkpoint, and a restart replays from the last durable
+// one.
 func (e *Engine) checkpointLoop(ctx context.Context) error {
 	work, cancelWork := context.WithCancel(e.ctx)
 	defer cancelWork()
@@ -286,23 +296,83 @@ func (e *Engine) checkpointLoop(ctx context.Context) error {
 		context.AfterFunc(work, func() { t.Stop() })
 	})
 	defer stopAfter()
-	tick := time.NewTicker(e.cfg.CheckpointInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-e.ctx.Done():
-			return context.Cause(e.ctx)
-		case <-tick.C:
-			if err := e.checkpoint(work, nil); err != nil {
-				if ctx.Err() != nil {
-					return fmt.Errorf("the checkpoint in progress at stop did not complete: %w", err)
-				}
+
+	// A failed stage cancels the others at once.
+	pipe, failed := context.WithCancelCause(work)
+	defer failed(nil)
+	var g errgroup.Group
+	toWrite, toCommit := make(chan *checkpointBatch), make(chan *checkpointBatch)
+	g.Go(func() error {
+		defer close(toWrite)
+		tick := time.NewTicker(e.cfg.CheckpointInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-pipe.Done():
+				return nil // a stage failed: its error is the group's
+			case <-tick.C:
+			}
+			e.cycle.Lock()
+			b, err := e.collect(nil)
+			if b != nil {
+				e.inFlight.Add(1)
+			}
+			e.cycle.Unlock()
+			if err != nil {
+				failed(err)
 				return err
 			}
+			if b == nil {
+				continue
+			}
+			select {
+			case toWrite <- b:
+			case <-pipe.Done():
+				e.inFlight.Done()
+				return nil
+			}
 		}
+	})
+	g.Go(func() error {
+		defer close(toCommit)
+		var err error
+		for b := range toWrite {
+			if err == nil {
+				if err = e.writeFacts(pipe, b); err != nil {
+					failed(err)
+				}
+			}
+			if err != nil {
+				e.inFlight.Done() // abandoned: the engine stops
+				continue
+			}
+			select {
+			case toCommit <- b:
+			case <-pipe.Done():
+				e.inFlight.Done()
+			}
+		}
+		return err
+	})
+	g.Go(func() error {
+		var err error
+		for b := range toCommit {
+			if err == nil {
+				if err = e.commit(pipe, b); err != nil {
+					failed(err)
+				}
+			}
+			e.inFlight.Done()
+		}
+		return err
+	})
+	err := g.Wait()
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("a checkpoint in flight at stop did not complete: %w", err)
 	}
+	return err
 }
 
 // shutdown writes a final checkpoint of every owned partition and stops
@@ -470,6 +540,7 @@ type checkpointBatch struct {
 func (e *Engine) checkpoint(ctx context.Context, parts []int32) error {
 	e.cycle.Lock()
 	defer e.cycle.Unlock()
+	e.inFlight.Wait() // the periodic pipeline's, first
 	b, err := e.collect(parts)
 	if err != nil || b == nil {
 		return err
@@ -544,6 +615,7 @@ func (e *Engine) collect(parts []int32) (*checkpointBatch, error) {
 // writeFacts writes a checkpoint's facts to the warehouse: facts before
 // offsets.
 func (e *Engine) writeFacts(ctx context.Context, b *checkpointBatch) error {
+	e.dropDisowned(b)
 	if b.facts.Len() == 0 {
 		return nil
 	}
@@ -565,10 +637,42 @@ func (e *Engine) writeFacts(ctx context.Context, b *checkpointBatch) error {
 	return nil
 }
 
+// dropDisowned removes from a checkpoint in flight the partitions this
+// owner no longer holds (fenced, revoked or lost since it was collected),
+// with their facts: their new owner replays them, and a stale write could
+// only undo its newer ones.
+func (e *Engine) dropDisowned(b *checkpointBatch) {
+	e.mu.Lock()
+	var kept []persist.PartitionCheckpoint
+	disowned := map[int32]bool{}
+	for _, cp := range b.cps {
+		if h := e.partitions[cp.Partition]; h != nil && h.owner == cp.Owner {
+			kept = append(kept, cp)
+		} else {
+			disowned[cp.Partition] = true
+		}
+	}
+	e.mu.Unlock()
+	if len(disowned) == 0 {
+		return
+	}
+	b.cps = kept
+	for p := range disowned {
+		delete(b.offsets, p)
+	}
+	n := int(e.cfg.Partitions)
+	disownedUser := func(user string) bool { return disowned[ingest.PartitionOf(user, n)] }
+	f := &b.facts
+	f.Impressions = slices.DeleteFunc(f.Impressions, func(x attribution.ImpressionFact) bool { return disownedUser(x.UserID) })
+	f.Clicks = slices.DeleteFunc(f.Clicks, func(x attribution.ClickFact) bool { return disownedUser(x.UserID) })
+	f.Conversions = slices.DeleteFunc(f.Conversions, func(x attribution.ConversionFact) bool { return disownedUser(x.UserID) })
+}
+
 // commit writes a checkpoint's states and offsets, per partition
 // atomically and fenced, then reports the offsets to Kafka for lag tools.
 func (e *Engine) commit(ctx context.Context, b *checkpointBatch) error {
 	t := e.now()
+	e.dropDisowned(b)
 	pending := b.cps
 	err := e.retry(ctx, 0, "store", func(ctx context.Context) error {
 		errs := e.store.Commit(ctx, pending)

@@ -290,61 +290,110 @@ func snapshotMatches(ctx context.Context, r persist.SnapshotReader, want *persis
 	return nil
 }
 
-// TestStopDuringCheckpoint stops an engine while a checkpoint waits at the
-// warehouse: that checkpoint has taken its users' facts, so it must still
-// become durable before the final one commits offsets past them. A
-// restart then finds the warehouse exact and nothing left to replay.
-func TestStopDuringCheckpoint(t *testing.T) {
+// gatedEngine is a one-partition engine on Redis and PostgreSQL whose
+// warehouse writes pass through a gate, with its partition assigned.
+type gatedEngine struct {
+	*Engine
+	cfg   Config
+	rules *attribution.Rules
+	store persist.CheckpointStore
+	sink  persist.WarehouseSink
+	gated *gatedSink
+	reg   *prometheus.Registry
+}
+
+func newGatedEngine(t *testing.T) *gatedEngine {
 	ctx := context.Background()
-	rules := allModels(t)
+	g := &gatedEngine{rules: allModels(t)}
 	client, prefix := testenv.Redis(t)
 	storeCfg := persist.DefaultRedisStoreConfig()
 	storeCfg.KeyPrefix = prefix
-	store, err := persist.NewRedisStore(client, storeCfg)
-	if err != nil {
+	var err error
+	if g.store, err = persist.NewRedisStore(client, storeCfg); err != nil {
 		t.Fatal(err)
 	}
-	sink, err := persist.OpenSink(ctx, testenv.PostgresSchema(t), persist.DefaultSinkConfig())
-	if err != nil {
+	if g.sink, err = persist.OpenSink(ctx, testenv.PostgresSchema(t), persist.DefaultSinkConfig()); err != nil {
 		t.Fatal(err)
 	}
-	defer sink.Close()
-	if err := persist.Migrate(ctx, sink.Pool(), sink.Dialect()); err != nil {
+	t.Cleanup(func() { g.sink.Close() })
+	if err := persist.Migrate(ctx, g.sink.Pool(), g.sink.Dialect()); err != nil {
 		t.Fatal(err)
 	}
-	cfg := DefaultConfig()
-	cfg.NodeID, cfg.Partitions, cfg.Rules = "node-a", 1, rules
-	cfg.CheckpointInterval = 100 * time.Millisecond
-	cfg.Watermark.AllowedLateness = 5 * time.Second
-	cfg.Watermark.IdleTimeout = 300 * time.Millisecond
-	gated := &gatedSink{FactSink: sink, blocked: make(chan int, 16)}
-	e, err := NewEngine(cfg, store, gated, nil, testLogger(t), prometheus.NewRegistry())
-	if err != nil {
+	g.cfg = DefaultConfig()
+	g.cfg.NodeID, g.cfg.Partitions, g.cfg.Rules = "node-a", 1, g.rules
+	g.cfg.CheckpointInterval = 100 * time.Millisecond
+	g.cfg.Watermark.AllowedLateness = 5 * time.Second
+	g.cfg.Watermark.IdleTimeout = 300 * time.Millisecond
+	g.gated = &gatedSink{FactSink: g.sink, blocked: make(chan int, 16)}
+	g.reg = prometheus.NewRegistry()
+	if g.Engine, err = NewEngine(g.cfg, g.store, g.gated, nil, testLogger(t), g.reg); err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
-	e.Attach(nopKafka{})
-	if _, err := e.Assign(ctx, 1, []int32{0}); err != nil {
+	t.Cleanup(g.Close)
+	g.Attach(nopKafka{})
+	if _, err := g.Assign(ctx, 1, []int32{0}); err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- e.Run(runCtx) }()
+	return g
+}
 
-	stream := fencingStream(3, 300, time.Now().Add(-2*time.Hour).UnixMilli())
-	gated.close()
+// feedBlocked closes the gate, feeds stream, and waits until a checkpoint
+// with facts waits at the gate.
+func (g *gatedEngine) feedBlocked(t *testing.T, stream []attribution.Event) *streamBatches {
+	g.gated.close()
 	var in streamBatches
-	if err := e.Handle(ctx, in.batches(stream, 50, true)); err != nil {
+	if err := g.Handle(context.Background(), in.batches(stream, 50, true)); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case n := <-gated.blocked:
+	case n := <-g.gated.blocked:
 		if n == 0 {
 			t.Fatal("the checkpoint blocked with no facts")
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("no checkpoint reached the warehouse")
 	}
+	// Then the inputs go idle and the watermark releases every record: the
+	// next checkpoint covers the whole stream.
+	testenv.CheckFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+		lag := testutilGauge(t, g.reg, "lookback_watermark_lag_seconds")
+		if buffered := testutilGauge(t, g.reg, "lookback_buffered_records"); lag == 0 || lag > 60 || buffered > 0 {
+			return fmt.Errorf("watermark lag %vs, %v records buffered", lag, buffered)
+		}
+		return nil
+	})
+	return &in
+}
+
+// checkDurable checks that the warehouse holds stream's facts exactly and
+// that the stored offsets are past all of in.
+func (g *gatedEngine) checkDurable(t *testing.T, stream []attribution.Event, in *streamBatches) {
+	ctx := context.Background()
+	if err := snapshotMatches(ctx, g.sink, referenceFacts(t, g.rules, stream)); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := g.store.Claim(ctx, 0, persist.Owner{Node: "node-b", Generation: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, next := range in.next {
+		if got := stored[g.cfg.Topics.Inputs()[i]]; next > 0 && got != next {
+			t.Errorf("input %d: stored offset %d, want %d (the end of the stream)", i, got, next)
+		}
+	}
+}
+
+// TestStopDuringCheckpoint stops an engine while a checkpoint waits at the
+// warehouse: that checkpoint has taken its users' facts, so it must still
+// become durable before the final one commits offsets past them.
+func TestStopDuringCheckpoint(t *testing.T) {
+	g := newGatedEngine(t)
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(runCtx) }()
+
+	stream := fencingStream(3, 300, time.Now().Add(-2*time.Hour).UnixMilli())
+	in := g.feedBlocked(t, stream)
 	stop()
 	// The stop must wait for the blocked checkpoint rather than abandon it.
 	select {
@@ -352,22 +401,42 @@ func TestStopDuringCheckpoint(t *testing.T) {
 		t.Fatalf("Run returned while a checkpoint was in progress: %v", err)
 	case <-time.After(200 * time.Millisecond):
 	}
-	gated.open()
+	g.gated.open()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if err := snapshotMatches(ctx, sink, referenceFacts(t, rules, stream)); err != nil {
-		t.Fatal(err)
+	g.checkDurable(t, stream, in)
+}
+
+// TestRevokeDuringCheckpoint revokes the partition while checkpoints of it
+// are in flight: the revocation's own checkpoint waits for them, so the
+// handoff is durable and in order when the partition leaves.
+func TestRevokeDuringCheckpoint(t *testing.T) {
+	g := newGatedEngine(t)
+	runCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() { _ = g.Run(runCtx) }()
+
+	stream := fencingStream(4, 300, time.Now().Add(-2*time.Hour).UnixMilli())
+	in := g.feedBlocked(t, stream)
+	revoked := make(chan struct{})
+	go func() {
+		g.Revoke(context.Background(), []int32{0})
+		close(revoked)
+	}()
+	select {
+	case <-revoked:
+		t.Fatal("Revoke returned while a checkpoint of the partition was in flight")
+	case <-time.After(200 * time.Millisecond):
 	}
-	// Every record's effect is durable: the stored offsets are past the
-	// whole stream.
-	stored, err := store.Claim(ctx, 0, persist.Owner{Node: "node-b", Generation: 2})
-	if err != nil {
-		t.Fatal(err)
+	g.gated.open()
+	select {
+	case <-revoked:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Revoke did not return")
 	}
-	for i, next := range in.next {
-		if got := stored[cfg.Topics.Inputs()[i]]; next > 0 && got != next {
-			t.Errorf("input %d: stored offset %d, want %d (the end of the stream)", i, got, next)
-		}
+	if owned := g.Owned(); len(owned) != 0 {
+		t.Fatalf("still owns %v after Revoke", owned)
 	}
+	g.checkDurable(t, stream, in)
 }
