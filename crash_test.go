@@ -86,7 +86,7 @@ func newE2EEnv(t testing.TB, seed uint64, events int, models string) *e2eEnv {
 	var producer *ingest.Producer
 	pcfg := ingest.DefaultProducerConfig()
 	pcfg.Brokers = []string{env.brokerAddr}
-	producer, err = ingest.NewProducer(pcfg, testLog())
+	producer, err = ingest.NewProducer(pcfg, testenv.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -289,17 +289,13 @@ func (e *Engine) tickLoop(ctx context.Context) error {
 // without a final checkpoint, and a restart replays from the last durable
 // one.
 func (e *Engine) checkpointLoop(ctx context.Context) error {
-	work, cancelWork := context.WithCancel(e.ctx)
-	defer cancelWork()
-	stopAfter := context.AfterFunc(ctx, func() {
-		t := time.AfterFunc(e.cfg.CheckpointTimeout, cancelWork)
-		context.AfterFunc(work, func() { t.Stop() })
-	})
-	defer stopAfter()
-
-	// A failed stage cancels the others at once.
-	pipe, failed := context.WithCancelCause(work)
+	// A failed stage cancels the others at once; a stop leaves those in
+	// flight the checkpoint timeout to finish.
+	pipe, failed := context.WithCancelCause(e.ctx)
 	defer failed(nil)
+	defer context.AfterFunc(ctx, func() {
+		time.AfterFunc(e.cfg.CheckpointTimeout, func() { failed(errors.New("checkpoints in flight outlasted the checkpoint timeout after stop")) })
+	})()
 	var g errgroup.Group
 	toWrite, toCommit := make(chan *checkpointBatch), make(chan *checkpointBatch)
 	g.Go(func() error {

@@ -187,7 +187,7 @@ func TestFencing(t *testing.T) {
 		cfg.Watermark.AllowedLateness = 5 * time.Second
 		cfg.Watermark.IdleTimeout = 300 * time.Millisecond
 		reg := prometheus.NewRegistry()
-		e, err := NewEngine(cfg, newStore(), s, nil, testLogger(t), reg)
+		e, err := NewEngine(cfg, newStore(), s, nil, testenv.Logger(), reg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -326,7 +326,7 @@ func newGatedEngine(t *testing.T) *gatedEngine {
 	g.cfg.Watermark.IdleTimeout = 300 * time.Millisecond
 	g.gated = &gatedSink{FactSink: g.sink, blocked: make(chan int, 16)}
 	g.reg = prometheus.NewRegistry()
-	if g.Engine, err = NewEngine(g.cfg, g.store, g.gated, nil, testLogger(t), g.reg); err != nil {
+	if g.Engine, err = NewEngine(g.cfg, g.store, g.gated, nil, testenv.Logger(), g.reg); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(g.Close)

@@ -67,7 +67,7 @@ func BenchmarkUserMemory(b *testing.B) {
 		cfg.CheckpointInterval = 100 * time.Millisecond
 		cfg.Watermark.IdleTimeout = 100 * time.Millisecond
 		reg := prometheus.NewRegistry()
-		e, err := NewEngine(cfg, store, discardSink{}, nil, testLogger(b), reg)
+		e, err := NewEngine(cfg, store, discardSink{}, nil, testenv.Logger(), reg)
 		if err != nil {
 			b.Fatal(err)
 		}

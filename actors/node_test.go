@@ -2,9 +2,6 @@ package actors
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -23,13 +20,6 @@ import (
 // store and fact sink, the engine and its consumer. Nodes can be stopped
 // and started again on the same store, sink and broker.
 
-func testLogger(t testing.TB) *slog.Logger {
-	if os.Getenv("LOOKBACK_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
 // testCluster is a broker with its topics, shared by the nodes of a test.
 type testCluster struct {
 	t          testing.TB
@@ -41,7 +31,7 @@ type testCluster struct {
 
 func newTestCluster(t testing.TB, partitions int32) *testCluster {
 	t.Helper()
-	log := testLogger(t)
+	log := testenv.Logger()
 	b, err := ingest.StartBroker("127.0.0.1:0", filepath.Join(t.TempDir(), "kafka"), partitions, log)
 	if err != nil {
 		t.Fatal(err)
@@ -95,7 +85,7 @@ type testNode struct {
 func (c *testCluster) startNode(o nodeOptions) *testNode {
 	t := c.t
 	t.Helper()
-	log := testLogger(t)
+	log := testenv.Logger()
 	reg := prometheus.NewRegistry()
 	cfg := DefaultConfig()
 	cfg.NodeID = o.nodeID

@@ -7,11 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -25,6 +23,7 @@ import (
 	"github.com/lookback-dev/lookback/api"
 	"github.com/lookback-dev/lookback/attribution"
 	"github.com/lookback-dev/lookback/ingest"
+	"github.com/lookback-dev/lookback/internal/testenv"
 )
 
 // fakeEngine answers lookups from a map.
@@ -130,13 +129,6 @@ type testAPI struct {
 	reg    *prometheus.Registry
 }
 
-func testLog() *slog.Logger {
-	if os.Getenv("LOOKBACK_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
 func newTestAPI(t *testing.T, mod func(*api.Config), admin bool) *testAPI {
 	t.Helper()
 	cfg := api.DefaultConfig()
@@ -151,7 +143,7 @@ func newTestAPI(t *testing.T, mod func(*api.Config), admin bool) *testAPI {
 		dlq:    &fakeDLQ{},
 		reg:    prometheus.NewRegistry(),
 	}
-	s, err := api.New(cfg, a.engine, a.prod, a.dlq, testLog(), a.reg, a.reg)
+	s, err := api.New(cfg, a.engine, a.prod, a.dlq, testenv.Logger(), a.reg, a.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -681,7 +673,7 @@ func TestHealthAndMetrics(t *testing.T) {
 	b2 := newTestAPI(t, nil, false)
 	b2.jsonError("GET", "/livez", "", http.StatusNotFound)
 	b2.jsonError("GET", "/metrics", "", http.StatusNotFound)
-	s, err := api.New(func() api.Config { c := api.DefaultConfig(); c.Partitions = 1; return c }(), a.engine, a.prod, nil, testLog(), prometheus.NewRegistry(), prometheus.NewRegistry())
+	s, err := api.New(func() api.Config { c := api.DefaultConfig(); c.Partitions = 1; return c }(), a.engine, a.prod, nil, testenv.Logger(), prometheus.NewRegistry(), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -723,7 +715,7 @@ func TestNewValidates(t *testing.T) {
 		cfg := api.DefaultConfig()
 		cfg.Partitions = 4
 		mod(&cfg)
-		if _, err := api.New(cfg, &fakeEngine{}, &fakeProducer{}, &fakeDLQ{}, testLog(), prometheus.NewRegistry(), prometheus.NewRegistry()); err == nil {
+		if _, err := api.New(cfg, &fakeEngine{}, &fakeProducer{}, &fakeDLQ{}, testenv.Logger(), prometheus.NewRegistry(), prometheus.NewRegistry()); err == nil {
 			t.Errorf("%s: New accepted %+v", name, cfg)
 		}
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/lookback-dev/lookback/attribution"
 	"github.com/lookback-dev/lookback/ingest"
+	"github.com/lookback-dev/lookback/internal/testenv"
 )
 
 // benchRecords is the number of records BenchmarkConsumeDecode reads:
@@ -123,7 +124,7 @@ func benchFill(b *testing.B, total int) *benchData {
 	if err != nil {
 		b.Fatal(err)
 	}
-	log := testLog(b)
+	log := testenv.Logger()
 	broker, err := ingest.StartBroker("127.0.0.1:0", filepath.Join(dir, "kafka"), 12, log)
 	if err != nil {
 		b.Fatal(err)
@@ -236,7 +237,7 @@ func benchConsumer(b *testing.B, d *benchData) {
 		cfg := ingest.DefaultConsumerConfig()
 		cfg.Brokers, cfg.Topics, cfg.Partitions = d.addrs, d.topics, d.n
 		cfg.Group = fmt.Sprintf("bench-%d-%d", time.Now().UnixNano(), iter)
-		c, err := ingest.NewConsumer(cfg, h, testLog(b), prometheus.NewRegistry())
+		c, err := ingest.NewConsumer(cfg, h, testenv.Logger(), prometheus.NewRegistry())
 		if err != nil {
 			b.Fatal(err)
 		}

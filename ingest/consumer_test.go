@@ -13,9 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"os"
 	"reflect"
 	"slices"
 	"sort"
@@ -36,14 +33,6 @@ import (
 	"github.com/lookback-dev/lookback/internal/testenv"
 )
 
-// testLog discards logs unless LOOKBACK_TEST_LOG is set.
-func testLog(t testing.TB) *slog.Logger {
-	if os.Getenv("LOOKBACK_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
 // testKafka is an embedded broker with lookback's topics.
 type testKafka struct {
 	t      testing.TB
@@ -55,7 +44,7 @@ type testKafka struct {
 
 func newTestKafka(t testing.TB, partitions int32) *testKafka {
 	t.Helper()
-	b, err := ingest.StartBroker("127.0.0.1:0", t.TempDir()+"/kafka", partitions, testLog(t))
+	b, err := ingest.StartBroker("127.0.0.1:0", t.TempDir()+"/kafka", partitions, testenv.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +70,7 @@ func (k *testKafka) producer(enc ingest.BidEncoder) *ingest.Producer {
 	k.t.Helper()
 	cfg := ingest.DefaultProducerConfig()
 	cfg.Brokers, cfg.Topics, cfg.Bid = k.addrs, k.topics, enc
-	p, err := ingest.NewProducer(cfg, testLog(k.t))
+	p, err := ingest.NewProducer(cfg, testenv.Logger())
 	if err != nil {
 		k.t.Fatal(err)
 	}
@@ -211,7 +200,7 @@ type runningConsumer struct {
 // newConsumer is ingest.NewConsumer, failing the test on error.
 func (k *testKafka) newConsumer(cfg ingest.ConsumerConfig, h ingest.Handler, reg prometheus.Registerer) *ingest.Consumer {
 	k.t.Helper()
-	c, err := ingest.NewConsumer(cfg, h, testLog(k.t), reg)
+	c, err := ingest.NewConsumer(cfg, h, testenv.Logger(), reg)
 	if err != nil {
 		k.t.Fatal(err)
 	}
@@ -1292,11 +1281,11 @@ func TestConsumerConfigValidate(t *testing.T) {
 	} {
 		cfg := good
 		mod(&cfg)
-		if _, err := ingest.NewConsumer(cfg, newRecHandler("h", nil), testLog(t), prometheus.NewRegistry()); err == nil {
+		if _, err := ingest.NewConsumer(cfg, newRecHandler("h", nil), testenv.Logger(), prometheus.NewRegistry()); err == nil {
 			t.Errorf("%s: NewConsumer accepted %+v", name, cfg)
 		}
 	}
-	c, err := ingest.NewConsumer(good, newRecHandler("h", nil), testLog(t), prometheus.NewRegistry())
+	c, err := ingest.NewConsumer(good, newRecHandler("h", nil), testenv.Logger(), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatalf("NewConsumer refused the defaults: %v", err)
 	}
@@ -1505,7 +1494,7 @@ func TestConsumerClientRace(t *testing.T) {
 	t.Parallel()
 	k := newTestKafka(t, 2)
 	h := newRecHandler("member", nil)
-	c, err := ingest.NewConsumer(k.consumerConfig("race"), h, testLog(t), prometheus.NewRegistry())
+	c, err := ingest.NewConsumer(k.consumerConfig("race"), h, testenv.Logger(), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

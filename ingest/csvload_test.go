@@ -16,6 +16,7 @@ import (
 
 	"github.com/lookback-dev/lookback/attribution"
 	"github.com/lookback-dev/lookback/ingest"
+	"github.com/lookback-dev/lookback/internal/testenv"
 )
 
 // csvFixture is a CSV batch file with good and bad rows, and what loading
@@ -66,7 +67,7 @@ func clicksFixture(t testing.TB) csvFixture {
 func newLoader(k *testKafka, p *ingest.Producer, onSent func(int)) *ingest.CSVLoader {
 	return &ingest.CSVLoader{
 		Producer:      p,
-		DeadLetters:   ingest.NewDeadLetterWriter(p.Client(), k.topics.DeadLetter, testLog(k.t), onSent),
+		DeadLetters:   ingest.NewDeadLetterWriter(p.Client(), k.topics.DeadLetter, testenv.Logger(), onSent),
 		MaxFutureSkew: 5 * time.Minute,
 		Now:           func() time.Time { return loadTime },
 	}

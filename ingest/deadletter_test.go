@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/lookback-dev/lookback/ingest"
+	"github.com/lookback-dev/lookback/internal/testenv"
 )
 
 // headerKeys lists a record's header keys in order.
@@ -36,7 +37,7 @@ func TestDeadLetterWriterHeaders(t *testing.T) {
 	k := newTestKafka(t, 2)
 	cl := k.rawClient()
 	var sent atomic.Int64
-	w := ingest.NewDeadLetterWriter(cl, k.topics.DeadLetter, testLog(t), func(n int) { sent.Add(int64(n)) })
+	w := ingest.NewDeadLetterWriter(cl, k.topics.DeadLetter, testenv.Logger(), func(n int) { sent.Add(int64(n)) })
 
 	big := bytes.Repeat([]byte("0123456789"), ingest.MaxDeadLetterBytes/10+100)
 	exact := bytes.Repeat([]byte("e"), ingest.MaxDeadLetterBytes)
@@ -114,7 +115,7 @@ func TestDeadLetterWriterRetries(t *testing.T) {
 	k := newTestKafka(t, 1)
 	fault := k.cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: k.topics.DeadLetter, Err: kerr.InvalidRecord, Count: 2})
 	cl := k.rawClient()
-	w := ingest.NewDeadLetterWriter(cl, k.topics.DeadLetter, testLog(t), nil)
+	w := ingest.NewDeadLetterWriter(cl, k.topics.DeadLetter, testenv.Logger(), nil)
 	// One letter: one produce request per attempt.
 	letters := []ingest.DeadLetter{{Offset: -1, Source: "test", Value: []byte("one"), Err: errors.New("first")}}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -144,7 +145,7 @@ func TestDeadLetterWriterGivesUpWithContext(t *testing.T) {
 	fault := k.cluster().Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: k.topics.DeadLetter, Err: kerr.InvalidRecord, Count: -1})
 	defer fault.Remove()
 	cl := k.rawClient()
-	w := ingest.NewDeadLetterWriter(cl, k.topics.DeadLetter, testLog(t), func(int) { t.Error("onSent called for refused letters") })
+	w := ingest.NewDeadLetterWriter(cl, k.topics.DeadLetter, testenv.Logger(), func(int) { t.Error("onSent called for refused letters") })
 	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -171,7 +172,7 @@ func TestDeadLetterWriterTopicLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl := k.rawClient()
-	w := ingest.NewDeadLetterWriter(cl, "small-dlq", testLog(t), nil)
+	w := ingest.NewDeadLetterWriter(cl, "small-dlq", testenv.Logger(), nil)
 	r := rand.New(rand.NewPCG(1, 2))
 	value := make([]byte, 300<<10) // random letters: snappy cannot shrink it below the limit
 	for i := range value {

@@ -55,7 +55,7 @@ func partitionKeys() []string {
 func TestPartitionOfMatchesFranzGo(t *testing.T) {
 	t.Parallel()
 	const n = 12
-	b, err := ingest.StartBroker("127.0.0.1:0", t.TempDir()+"/kafka", n, testLog(t))
+	b, err := ingest.StartBroker("127.0.0.1:0", t.TempDir()+"/kafka", n, testenv.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestPartitionOfJava(t *testing.T) {
 // co-partitioned.
 func TestEnsureTopics(t *testing.T) {
 	t.Parallel()
-	b, err := ingest.StartBroker("127.0.0.1:0", t.TempDir()+"/kafka", 3, testLog(t))
+	b, err := ingest.StartBroker("127.0.0.1:0", t.TempDir()+"/kafka", 3, testenv.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func TestProducerKeys(t *testing.T) {
 func TestBrokerRestart(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir() + "/kafka"
-	b, err := ingest.StartBroker("127.0.0.1:0", dir, 2, testLog(t))
+	b, err := ingest.StartBroker("127.0.0.1:0", dir, 2, testenv.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,7 @@ func TestBrokerRestart(t *testing.T) {
 	}
 	cfg := ingest.DefaultProducerConfig()
 	cfg.Brokers = b.Addrs()
-	p, err := ingest.NewProducer(cfg, testLog(t))
+	p, err := ingest.NewProducer(cfg, testenv.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +245,7 @@ func TestBrokerRestart(t *testing.T) {
 	p.Close()
 	b.Close()
 
-	b, err = ingest.StartBroker("127.0.0.1:0", dir, 2, testLog(t))
+	b, err = ingest.StartBroker("127.0.0.1:0", dir, 2, testenv.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}

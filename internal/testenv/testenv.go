@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"log/slog"
 	"net/url"
 	"os"
 	"testing"
@@ -131,4 +132,13 @@ func CheckFor(t testing.TB, total, every time.Duration, fn func() error) {
 		}
 		time.Sleep(every)
 	}
+}
+
+// Logger discards logs unless LOOKBACK_TEST_LOG is set, then writes them
+// at debug level to stderr.
+func Logger() *slog.Logger {
+	if os.Getenv("LOOKBACK_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
 }
