@@ -100,13 +100,18 @@ func newE2EEnv(t testing.TB, seed uint64, events int, models string) *e2eEnv {
 }
 
 // serveArgs runs a node on the env's broker, Redis and PostgreSQL.
+//
+// The rebalance timeout is short because a node killed while joining
+// stays in kfake's group without a session until a rebalance deadline
+// removes it; with the default minute, two such deadlines in a row
+// outlast a test's wait.
 func (env *e2eEnv) serveArgs(httpPort int, extra ...string) []string {
 	return append([]string{"serve",
 		"--kafka-brokers", env.brokerAddr,
 		"--redis-addr", testenv.RedisAddr(), "--redis-key-prefix", env.redisPrefix,
 		"--warehouse-dsn", env.dsn,
 		"--http-addr", fmt.Sprintf("127.0.0.1:%d", httpPort),
-		"--consumer-group", env.group, "--session-timeout", "6s",
+		"--consumer-group", env.group, "--session-timeout", "6s", "--rebalance-timeout", "10s",
 		"--node-id", "e2e-node",
 		"--models", env.models,
 		"--checkpoint-interval", "250ms",

@@ -46,6 +46,7 @@ type serveCmd struct {
 	ClusterPeers       []string      `help:"The --cluster-addr of every member (itself included). Empty: a single node; more than one is refused until routing between nodes is built." sep:","`
 	ConsumerGroup      string        `help:"Kafka consumer group of the nodes." default:"lookback"`
 	SessionTimeout     time.Duration `help:"How long the group waits for a silent node before moving its partitions." default:"10s"`
+	RebalanceTimeout   time.Duration `help:"How long a rebalance waits for nodes to rejoin (a revoking node's final checkpoint must fit in it)." default:"60s"`
 	SpoolDir           string        `help:"Watch this directory for CSV files to ingest (done/ and failed/ beside them)." type:"path"`
 }
 
@@ -106,7 +107,7 @@ func (c *serveCmd) Run(root *cli) error {
 	ccfg := ingest.DefaultConsumerConfig()
 	ccfg.Brokers, ccfg.Group, ccfg.Topics, ccfg.Partitions = brokers, c.ConsumerGroup, topics, partitions
 	ccfg.MaxFutureSkew, ccfg.BidSchemaIDs, ccfg.ClientID = c.MaxFutureSkew, c.BidSchemaIDs, "lookback-"+c.NodeID
-	ccfg.SessionTimeout = c.SessionTimeout
+	ccfg.SessionTimeout, ccfg.RebalanceTimeout = c.SessionTimeout, c.RebalanceTimeout
 
 	// The engine and the consumer need each other: the consumer hands the
 	// engine records, the engine pauses the consumer. The dead-letter

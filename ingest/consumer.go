@@ -36,8 +36,15 @@ type ConsumerConfig struct {
 	MaxFutureSkew time.Duration
 	// BidSchemaIDs are the schema ids accepted for bid requests in the
 	// Confluent wire format.
-	BidSchemaIDs   []int32
+	BidSchemaIDs []int32
+	// SessionTimeout: a member silent this long leaves the group.
 	SessionTimeout time.Duration
+	// RebalanceTimeout is how long the group waits for its members to
+	// rejoin in a rebalance; a member revoking partitions finishes their
+	// final checkpoint within it or is dropped (the claims fence it). A
+	// member that died while joining can hold the group this long on
+	// brokers that never expire its session (kfake does not).
+	RebalanceTimeout time.Duration
 	// ClientID names this member in broker logs.
 	ClientID string
 }
@@ -45,14 +52,15 @@ type ConsumerConfig struct {
 // DefaultConsumerConfig returns the defaults.
 func DefaultConsumerConfig() ConsumerConfig {
 	return ConsumerConfig{
-		Group:          "lookback",
-		Topics:         DefaultTopics(),
-		MaxPollRecords: 10_000,
-		FetchMaxWait:   200 * time.Millisecond,
-		MaxFutureSkew:  5 * time.Minute,
-		BidSchemaIDs:   []int32{1},
-		SessionTimeout: 10 * time.Second,
-		ClientID:       "lookback",
+		Group:            "lookback",
+		Topics:           DefaultTopics(),
+		MaxPollRecords:   10_000,
+		FetchMaxWait:     200 * time.Millisecond,
+		MaxFutureSkew:    5 * time.Minute,
+		BidSchemaIDs:     []int32{1},
+		SessionTimeout:   10 * time.Second,
+		RebalanceTimeout: time.Minute,
+		ClientID:         "lookback",
 	}
 }
 
@@ -71,6 +79,8 @@ func (c *ConsumerConfig) Validate() error {
 		return errors.New("fetch max wait must be positive")
 	case c.MaxFutureSkew <= 0:
 		return errors.New("max future skew must be positive")
+	case c.SessionTimeout <= 0, c.RebalanceTimeout <= 0:
+		return errors.New("session and rebalance timeouts must be positive")
 	}
 	return c.Topics.Validate()
 }
@@ -199,6 +209,7 @@ func NewConsumer(cfg ConsumerConfig, handler Handler, log *slog.Logger, reg prom
 		// what is in flight is what still arrives after it.
 		kgo.FetchMaxBytes(8<<20),
 		kgo.SessionTimeout(cfg.SessionTimeout),
+		kgo.RebalanceTimeout(cfg.RebalanceTimeout),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.AdjustFetchOffsetsFn(c.adjustOffsets),
 		kgo.OnPartitionsRevoked(c.onRevoked),
