@@ -150,16 +150,21 @@ func waitReady(t testing.TB, api string, p *proc) {
 		if p.exited() {
 			t.Fatalf("%s exited before it was ready: %v\n%s", p.name, p.err, p.tail(30))
 		}
-		resp, err := http.Get(api + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("readyz: %s", resp.Status)
+		if !ready(api) {
+			return fmt.Errorf("%s is not ready", p.name)
 		}
 		return nil
 	})
+}
+
+// ready reports whether the node at api answers /readyz with 200.
+func ready(api string) bool {
+	resp, err := http.Get(api + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // getJSON GETs url into v and returns the status code.
