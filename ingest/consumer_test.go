@@ -1276,6 +1276,8 @@ func TestConsumerConfigValidate(t *testing.T) {
 		"no poll records": func(c *ingest.ConsumerConfig) { c.MaxPollRecords = 0 },
 		"no fetch wait":   func(c *ingest.ConsumerConfig) { c.FetchMaxWait = 0 },
 		"no future skew":  func(c *ingest.ConsumerConfig) { c.MaxFutureSkew = 0 },
+		"no session":      func(c *ingest.ConsumerConfig) { c.SessionTimeout = 0 },
+		"no rebalance":    func(c *ingest.ConsumerConfig) { c.RebalanceTimeout = 0 },
 		"topic twice":     func(c *ingest.ConsumerConfig) { c.Topics.Clicks = c.Topics.Bids },
 		"empty topic":     func(c *ingest.ConsumerConfig) { c.Topics.DeadLetter = " " },
 	} {
