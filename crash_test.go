@@ -170,7 +170,9 @@ func TestCrashRecovery(t *testing.T) {
 		node := startProc(t, fmt.Sprintf("serve-%d", i), env.serveArgs(httpPort)...)
 		start := time.Now()
 		if i%3 == 0 {
-			// During start-up: claims, loads, the first checkpoints.
+			// During start-up: the group join (a node waits out its killed
+			// predecessor's session first), or the claims and first
+			// checkpoints when it joins at once.
 			wait := time.Duration(rng.IntN(1500)) * time.Millisecond
 			testenv.CheckFor(t, time.Minute, 20*time.Millisecond, func() error {
 				if time.Since(start) < wait {
