@@ -331,42 +331,39 @@ func (e *Engine) checkpointLoop(ctx context.Context) error {
 			}
 		}
 	})
-	g.Go(func() error {
-		defer close(toCommit)
-		var err error
-		for b := range toWrite {
-			if err == nil {
-				if err = e.writeFacts(pipe, b); err != nil {
-					failed(err)
-				}
-			}
-			if err != nil {
-				e.inFlight.Done() // abandoned: the engine stops
-				continue
-			}
-			select {
-			case toCommit <- b:
-			case <-pipe.Done():
-				e.inFlight.Done()
-			}
-		}
-		return err
-	})
-	g.Go(func() error {
-		var err error
-		for b := range toCommit {
-			if err == nil {
-				if err = e.commit(pipe, b); err != nil {
-					failed(err)
-				}
-			}
-			e.inFlight.Done()
-		}
-		return err
-	})
+	g.Go(func() error { return e.checkpointStage(pipe, failed, toWrite, toCommit, e.writeFacts) })
+	g.Go(func() error { return e.checkpointStage(pipe, failed, toCommit, nil, e.commit) })
 	err := g.Wait()
 	if err != nil && ctx.Err() != nil {
 		return fmt.Errorf("a checkpoint in flight at stop did not complete: %w", err)
+	}
+	return err
+}
+
+// checkpointStage runs do on each checkpoint from in, in order, and hands
+// it to out (nil: the last stage, where its flight ends). After a failure
+// it goes on draining in, ending each checkpoint's flight (abandoned: the
+// engine stops), so that the stage before never blocks.
+func (e *Engine) checkpointStage(pipe context.Context, failed context.CancelCauseFunc, in <-chan *checkpointBatch, out chan<- *checkpointBatch, do func(context.Context, *checkpointBatch) error) error {
+	if out != nil {
+		defer close(out)
+	}
+	var err error
+	for b := range in {
+		if err == nil {
+			if err = do(pipe, b); err != nil {
+				failed(err)
+			}
+		}
+		if err != nil || out == nil {
+			e.inFlight.Done()
+			continue
+		}
+		select {
+		case out <- b:
+		case <-pipe.Done():
+			e.inFlight.Done()
+		}
 	}
 	return err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strings"
@@ -428,22 +429,10 @@ func AppliedKeys(ref *Reference, f *attribution.Facts, got *persist.Snapshot) (*
 	after := cloneRef(ref)
 	after.Apply(f)
 	want := after.Snapshot()
-	wantImp := make(map[string]attribution.ImpressionFact, len(want.Impressions))
-	for _, x := range want.Impressions {
-		wantImp[x.ImpressionID] = x
-	}
-	wantClk := make(map[string]attribution.ClickFact, len(want.Clicks))
-	for _, x := range want.Clicks {
-		wantClk[x.ClickID] = x
-	}
-	gotImp := make(map[string]attribution.ImpressionFact, len(got.Impressions))
-	for _, x := range got.Impressions {
-		gotImp[x.ImpressionID] = x
-	}
-	gotClk := make(map[string]attribution.ClickFact, len(got.Clicks))
-	for _, x := range got.Clicks {
-		gotClk[x.ClickID] = x
-	}
+	impID := func(x attribution.ImpressionFact) string { return x.ImpressionID }
+	clkID := func(x attribution.ClickFact) string { return x.ClickID }
+	wantImp, gotImp := byKey(want.Impressions, impID), byKey(got.Impressions, impID)
+	wantClk, gotClk := byKey(want.Clicks, clkID), byKey(got.Clicks, clkID)
 	rowsOf := func(rows []attribution.AttributionRow) map[string][]attribution.AttributionRow {
 		m := make(map[string][]attribution.AttributionRow)
 		for _, r := range rows {
@@ -494,17 +483,20 @@ func rewrite(g *Gen, base *attribution.Facts) *attribution.Facts {
 	return out
 }
 
+// byKey indexes xs by key, the last of a key winning.
+func byKey[T any](xs []T, key func(T) string) map[string]T {
+	m := make(map[string]T, len(xs))
+	for _, x := range xs {
+		m[key(x)] = x
+	}
+	return m
+}
+
 func cloneRef(r *Reference) *Reference {
 	c := NewReference()
-	for k, v := range r.imp {
-		c.imp[k] = v
-	}
-	for k, v := range r.clk {
-		c.clk[k] = v
-	}
-	for k, v := range r.conv {
-		c.conv[k] = v
-	}
+	maps.Copy(c.imp, r.imp)
+	maps.Copy(c.clk, r.clk)
+	maps.Copy(c.conv, r.conv)
 	return c
 }
 
